@@ -1,0 +1,238 @@
+"""The spectral math of FourierFT as pure functions.
+
+Frequency locations are generated with numpy (they are fixed, never trained);
+the weight update is computed with `keras.ops` so that it runs on every
+backend and is differentiable with respect to the coefficients.
+"""
+
+import numpy as np
+from keras import ops
+
+SAMPLINGS = ("uniform", "frequency_biased")
+
+_UINT32 = 2**32
+
+
+def _validate_location_args(out_features, in_features, n_frequency, seed):
+    for name, value in (
+        ("out_features", out_features),
+        ("in_features", in_features),
+    ):
+        if not isinstance(value, (int, np.integer)) or value <= 0:
+            raise ValueError(
+                f"`{name}` must be a positive integer. Received: {name}={value!r}"
+            )
+    total = int(out_features) * int(in_features)
+    if not isinstance(n_frequency, (int, np.integer)) or n_frequency <= 0:
+        raise ValueError(
+            "`n_frequency` must be a positive integer (the number of trainable "
+            f"spectral coefficients). Received: n_frequency={n_frequency!r}"
+        )
+    if n_frequency > total:
+        raise ValueError(
+            f"`n_frequency`={n_frequency} is larger than the number of entries "
+            f"of the {out_features}x{in_features} weight ({total}). Use at most "
+            f"{total} frequencies for this layer."
+        )
+    if not isinstance(seed, (int, np.integer)) or not 0 <= seed < _UINT32:
+        raise ValueError(
+            f"`seed` must be an integer in [0, 2**32). Received: seed={seed!r}"
+        )
+
+
+def _mt19937_stream(seed, count):
+    """First `count` 32-bit outputs of MT19937 seeded like `torch.manual_seed`.
+
+    Uses a private bit generator, so no global random state is read or
+    changed.
+    """
+    state = np.random.RandomState(int(seed)).get_state(legacy=False)["state"]
+    bit_generator = np.random.MT19937()
+    bit_generator.state = {"bit_generator": "MT19937", "state": state}
+    return bit_generator.random_raw(count).astype(np.uint64)
+
+
+def _randperm_prefix(total, count, seed):
+    """The first `count` entries of `torch.randperm(total)` for a seeded CPU
+    generator, in O(count) time and memory.
+
+    torch shuffles `arange(total)` with Fisher-Yates: step `i` draws a 32-bit
+    number `u` and swaps entries `i` and `i + u % (total - i)`. Entry `i` is
+    final after step `i`, so only the first `count` steps matter; the entries
+    touched so far are kept in a dictionary instead of a full array.
+    """
+    draws = _mt19937_stream(seed, count)
+    remaining = total - np.arange(count, dtype=np.uint64)
+    targets = (np.arange(count, dtype=np.uint64) + draws % remaining).tolist()
+    moved = {}
+    prefix = np.empty(count, dtype=np.int64)
+    for i, target in enumerate(targets):
+        value_i = moved.get(i, i)
+        prefix[i] = moved.get(target, target)
+        moved[target] = value_i
+    return prefix
+
+
+def _frequency_biased_flat(
+    out_features, in_features, n_frequency, seed, center_frequency, bandwidth
+):
+    """Weighted sampling without replacement of `n_frequency` flat indices.
+
+    Uses exponential keys (Efraimidis-Spirakis): each location draws
+    `E / p` with `E ~ Exp(1)`; the `n_frequency` smallest keys form a sample
+    without replacement with probabilities proportional to `p`.
+    """
+    if bandwidth is None or bandwidth <= 0:
+        raise ValueError(
+            "Frequency-biased sampling needs a positive `bandwidth`. "
+            f"Received: bandwidth={bandwidth!r}"
+        )
+    if center_frequency is None or center_frequency < 0:
+        raise ValueError(
+            "Frequency-biased sampling needs a non-negative "
+            f"`center_frequency`. Received: center_frequency={center_frequency!r}"
+        )
+    rows = np.fft.fftfreq(out_features) * out_features
+    cols = np.fft.fftfreq(in_features) * in_features
+    distance = np.sqrt(rows[:, None] ** 2 + cols[None, :] ** 2).ravel()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        exponent = (distance**2 - center_frequency**2) / (distance * bandwidth)
+        weights = np.exp(-(exponent**2))
+    weights[distance == 0] = 1.0 if center_frequency == 0 else 0.0
+    weights = np.nan_to_num(weights, nan=0.0)
+    available = int(np.count_nonzero(weights))
+    if available < n_frequency:
+        raise ValueError(
+            f"Frequency-biased sampling with center_frequency={center_frequency} "
+            f"and bandwidth={bandwidth} gives only {available} locations of "
+            f"non-zero probability, fewer than n_frequency={n_frequency}. "
+            "Increase `bandwidth` or lower `n_frequency`."
+        )
+    rng = np.random.Generator(np.random.PCG64(int(seed)))
+    with np.errstate(divide="ignore"):
+        keys = rng.standard_exponential(weights.size) / weights
+    chosen = np.argpartition(keys, n_frequency - 1)[:n_frequency]
+    return chosen[np.argsort(keys[chosen], kind="stable")].astype(np.int64)
+
+
+def frequency_locations(
+    out_features,
+    in_features,
+    n_frequency,
+    seed=777,
+    sampling="uniform",
+    center_frequency=None,
+    bandwidth=None,
+):
+    """Returns the fixed spectral locations that FourierFT trains.
+
+    With the default `sampling="uniform"` the locations are bit-identical to
+    the ones Hugging Face PEFT's FourierFT uses for a
+    `torch.nn.Linear(in_features, out_features)` with `random_loc_seed=seed`
+    (`torch.randperm(out_features * in_features)[:n_frequency]` of a generator
+    seeded with `seed`), computed without torch in O(n_frequency).
+
+    `sampling="frequency_biased"` implements Eq. 5 of the FourierFT paper:
+    location `(u, v)` is drawn with probability proportional to
+    `exp(-((D**2 - center_frequency**2) / (D * bandwidth))**2)`, where `D` is
+    the distance of `(u, v)` from the zero frequency (frequencies counted
+    signed, as `numpy.fft.fftfreq` does). Locations are distinct and depend
+    only on `seed`.
+
+    Neither mode reads or changes any global random state.
+
+    Args:
+        out_features: Integer, the output dimension of the adapted weight.
+        in_features: Integer, the input dimension of the adapted weight.
+        n_frequency: Integer, the number of locations (trainable coefficients).
+        seed: Integer in `[0, 2**32)`, PEFT's `random_loc_seed`.
+        sampling: `"uniform"` (PEFT-identical) or `"frequency_biased"`.
+        center_frequency: Float, the favoured frequency `f_c` of the
+            frequency-biased sampling (in cycles over the weight; 0 favours
+            the lowest frequencies).
+        bandwidth: Float, the bandwidth `W` of the frequency-biased sampling.
+
+    Returns:
+        An int64 numpy array of shape `(2, n_frequency)`: row 0 indexes the
+        output dimension, row 1 the input dimension.
+
+    Example:
+
+    >>> locations = frequency_locations(768, 768, 1000, seed=777)
+    >>> locations.shape
+    (2, 1000)
+    """
+    _validate_location_args(out_features, in_features, n_frequency, seed)
+    if sampling == "uniform":
+        flat = _randperm_prefix(
+            int(out_features) * int(in_features), int(n_frequency), seed
+        )
+    elif sampling == "frequency_biased":
+        flat = _frequency_biased_flat(
+            int(out_features),
+            int(in_features),
+            int(n_frequency),
+            seed,
+            center_frequency,
+            bandwidth,
+        )
+    else:
+        raise ValueError(
+            f"`sampling` must be one of {SAMPLINGS}. Received: "
+            f"sampling={sampling!r}"
+        )
+    return np.stack([flat // in_features, flat % in_features]).astype(np.int64)
+
+
+def spectral_delta(spectrum, indices, shape, scaling):
+    """Computes the FourierFT weight update `scaling * Re(IDFT2(F))`.
+
+    `F` is a zero matrix of `shape` holding `spectrum[k]` at
+    `indices[k]`; the inverse 2-D DFT uses the "backward" normalisation
+    (divides by the number of entries), as `numpy.fft.ifft2` does. The update
+    is always computed in float32, whatever the dtype of `spectrum`.
+
+    Args:
+        spectrum: Tensor of shape `(n,)`, the spectral coefficients.
+        indices: Integer tensor or array of shape `(n, 2)`: the positions of
+            the coefficients in `F` (row, column).
+        shape: Tuple `(rows, columns)`, the shape of the update. For a Keras
+            kernel this is `(input_features, output_features)`.
+        scaling: Float, the factor `alpha`.
+
+    Returns:
+        A float32 tensor of `shape`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> indices = np.array([[0, 1], [2, 3]])
+    >>> delta = spectral_delta(np.ones(2, "float32"), indices, (4, 5), 1.0)
+    """
+    spectrum = ops.cast(spectrum, "float32")
+    real = ops.scatter_update(
+        ops.zeros(tuple(shape), dtype="float32"), indices, spectrum
+    )
+    delta, _ = ops.ifft2((real, ops.zeros_like(real)))
+    return ops.multiply(delta, scaling)
+
+
+def kernel_indices(locations):
+    """Converts `frequency_locations` output into `spectral_delta` indices of a
+    Keras `(input, output)` kernel.
+
+    Args:
+        locations: Integer array of shape `(2, n)` (output row, input row).
+
+    Returns:
+        An int32 numpy array of shape `(n, 2)` holding `(input, output)`
+        positions.
+
+    Example:
+
+    >>> kernel_indices(np.array([[1, 2], [3, 4]]))
+    array([[3, 1],
+           [4, 2]], dtype=int32)
+    """
+    locations = np.asarray(locations)
+    return np.stack([locations[1], locations[0]], axis=1).astype(np.int32)
