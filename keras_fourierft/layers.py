@@ -48,8 +48,7 @@ def kernel_view(layer_or_equation, kernel_shape):
         input_axes, output_axes = _einsum_feature_axes(equation)
     if len(input_axes) + len(output_axes) != len(kernel_shape):
         raise ValueError(
-            f"Kernel shape {kernel_shape} does not match the equation "
-            f"{equation!r}."
+            f"Kernel shape {kernel_shape} does not match the equation {equation!r}."
         )
     return {
         "input_axes": input_axes,
@@ -225,9 +224,7 @@ class FourierDense(keras.layers.Layer):
         self.center_frequency = center_frequency
         self.bandwidth = bandwidth
         self.lr_multiplier = float(lr_multiplier)
-        self.coefficient_initializer = _spectrum_initializer(
-            coefficient_initializer
-        )
+        self.coefficient_initializer = _spectrum_initializer(coefficient_initializer)
         self._layer_class = type(layer)
         self._layer_config = layer.get_config()
         self.activation = layer.activation

@@ -178,8 +178,7 @@ def frequency_locations(
         )
     else:
         raise ValueError(
-            f"`sampling` must be one of {SAMPLINGS}. Received: "
-            f"sampling={sampling!r}"
+            f"`sampling` must be one of {SAMPLINGS}. Received: sampling={sampling!r}"
         )
     return np.stack([flat // in_features, flat % in_features]).astype(np.int64)
 

@@ -1,0 +1,333 @@
+import os
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_fourierft import FourierDense
+from keras_fourierft import frequency_locations
+from keras_fourierft import kernel_view
+from tests.helpers import gradient
+
+
+def _dense(units, in_features, seed=0, **kwargs):
+    layer = keras.layers.Dense(units, **kwargs)
+    layer.build((None, in_features))
+    rng = np.random.default_rng(seed)
+    layer.kernel.assign(rng.normal(size=layer.kernel.shape).astype("float32"))
+    if layer.bias is not None:
+        layer.bias.assign(rng.normal(size=layer.bias.shape).astype("float32"))
+    return layer
+
+
+def _einsum(equation, output_shape, input_shape, bias_axes=None, seed=0):
+    layer = keras.layers.EinsumDense(equation, output_shape, bias_axes=bias_axes)
+    layer.build(input_shape)
+    rng = np.random.default_rng(seed)
+    layer.kernel.assign(rng.normal(size=layer.kernel.shape).astype("float32"))
+    return layer
+
+
+def _numpy_delta(spectrum, locations, in_features, out_features, scaling):
+    spectrum_matrix = np.zeros((out_features, in_features), dtype=np.complex128)
+    spectrum_matrix[locations[0], locations[1]] = spectrum
+    return (scaling * np.fft.ifft2(spectrum_matrix).real).T
+
+
+@pytest.mark.parametrize("case", range(3))
+def test_dense_forward_matches_peft(case, peft_layers, peft_cases):
+    c = peft_cases[case]
+    dense = keras.layers.Dense(c["out_features"])
+    dense.build((None, c["in_features"]))
+    dense.kernel.assign(peft_layers[f"case{case}_base_weight"].T)
+    dense.bias.assign(peft_layers[f"case{case}_base_bias"])
+    layer = FourierDense(
+        dense,
+        n_frequency=c["n_frequency"],
+        scaling=c["scaling"],
+        seed=c["random_loc_seed"],
+    )
+    layer.set_spectrum(peft_layers[f"case{case}_coefficients"])
+    y = ops.convert_to_numpy(layer(peft_layers[f"case{case}_x"]))
+    np.testing.assert_allclose(y, peft_layers[f"case{case}_y"], atol=1e-5)
+
+
+def test_only_coefficients_are_trainable():
+    layer = FourierDense(_dense(12, 10), n_frequency=7)
+    assert [v.name for v in layer.trainable_weights] == ["coefficients"]
+    assert tuple(layer.coefficients.shape) == (7,)
+    assert sorted(v.name for v in layer.non_trainable_weights) == ["bias", "kernel"]
+
+
+def test_unbuilt_layer_is_built_on_first_call():
+    layer = FourierDense(keras.layers.Dense(6, name="proj"), n_frequency=5)
+    assert not layer.built
+    y = layer(np.ones((2, 4), "float32"))
+    assert tuple(y.shape) == (2, 6)
+    assert layer.name == "proj"
+    assert [v.name for v in layer.trainable_weights] == ["coefficients"]
+
+
+EINSUM_CASES = [
+    # (equation, output_shape, input_shape, expected in x out)
+    ("abc,cde->abde", (None, 3, 4), (2, 5, 16), (16, 12)),  # BERT/ViT query
+    ("btd,ndh->btnh", (None, 3, 4), (2, 5, 16), (16, 12)),  # Gemma query
+    ("abcd,cde->abe", (None, 16), (2, 5, 3, 4), (12, 16)),  # attention output
+    ("btnh,nhd->btd", (None, 16), (2, 5, 3, 4), (12, 16)),  # Gemma output
+    ("...b,bc->...c", (10,), (2, 3, 7), (7, 10)),
+]
+
+
+@pytest.mark.parametrize("equation, output_shape, input_shape, view", EINSUM_CASES)
+def test_einsum_forward_matches_numpy_reference(
+    equation, output_shape, input_shape, view
+):
+    base = _einsum(equation, output_shape, input_shape)
+    kernel = ops.convert_to_numpy(base.kernel)
+    info = kernel_view(equation, kernel.shape)
+    assert (info["in_features"], info["out_features"]) == view
+    layer = FourierDense(base, n_frequency=20, scaling=3.0, seed=11)
+    spectrum = np.random.default_rng(1).normal(size=20).astype("float32")
+    layer.set_spectrum(spectrum)
+    locations = frequency_locations(view[1], view[0], 20, seed=11)
+    delta_2d = _numpy_delta(spectrum, locations, view[0], view[1], 3.0)
+    # Independent reference: the 2-D view flattens input axes and output axes
+    # in the kernel's own order.
+    permuted = kernel.transpose(info["permutation"]).reshape(view) + delta_2d
+    adapted_kernel = permuted.reshape(
+        [kernel.shape[a] for a in info["permutation"]]
+    ).transpose(np.argsort(info["permutation"]))
+    x = np.random.default_rng(2).normal(size=input_shape).astype("float32")
+    expected = np.einsum(equation, x, adapted_kernel)
+    y = ops.convert_to_numpy(layer(x))
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_bert_query_view_is_transposed_linear_weight():
+    base = _einsum("abc,cde->abde", (None, 3, 4), (1, 2, 16))
+    kernel = ops.convert_to_numpy(base.kernel)
+    linear_weight = kernel.reshape(16, 12).T  # HF (out, in)
+    layer = FourierDense(base, n_frequency=10, seed=4)
+    delta = ops.convert_to_numpy(layer.delta_weight()).reshape(16, 12)
+    locations = frequency_locations(12, 16, 10, seed=4)
+    spectrum = ops.convert_to_numpy(layer.spectrum)
+    expected = _numpy_delta(spectrum, locations, 16, 12, 150.0)
+    np.testing.assert_allclose(delta, expected, atol=1e-4)
+    assert linear_weight.shape == (12, 16)
+
+
+def test_gradient_matches_finite_differences():
+    layer = FourierDense(_dense(6, 5), n_frequency=8, scaling=10.0)
+    x = np.random.default_rng(3).normal(size=(4, 5)).astype("float32")
+
+    def loss():
+        return ops.sum(ops.tanh(layer(x)) ** 2)
+
+    grad = gradient(loss, layer.coefficients)
+    start = ops.convert_to_numpy(layer.coefficients).astype(np.float64)
+    eps = 1e-2
+    numeric = np.zeros_like(start)
+    for i in range(len(start)):
+        for sign in (1, -1):
+            shifted = start.copy()
+            shifted[i] += sign * eps
+            layer.coefficients.assign(shifted.astype("float32"))
+            numeric[i] += sign * float(ops.convert_to_numpy(loss())) / (2 * eps)
+    layer.coefficients.assign(start.astype("float32"))
+    np.testing.assert_allclose(grad, numeric, rtol=2e-2, atol=2e-3)
+    assert np.abs(grad).max() > 1e-3
+
+
+def test_lr_multiplier_keeps_function_and_scales_storage():
+    base = _dense(6, 5)
+    plain = FourierDense(_dense(6, 5), n_frequency=8, coefficient_initializer="zeros")
+    boosted = FourierDense(
+        base, n_frequency=8, lr_multiplier=50.0, coefficient_initializer="zeros"
+    )
+    spectrum = np.arange(8, dtype="float32")
+    plain.set_spectrum(spectrum)
+    boosted.set_spectrum(spectrum)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(boosted.coefficients), spectrum / 50.0, rtol=1e-6
+    )
+    x = np.ones((2, 5), "float32")
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(plain(x)), ops.convert_to_numpy(boosted(x)), atol=1e-4
+    )
+
+
+def test_zero_init_is_identity_and_normal_init_is_not():
+    base = _dense(6, 5)
+    x = np.ones((2, 5), "float32")
+    expected = ops.convert_to_numpy(base(x))
+    zero = FourierDense(base, n_frequency=8, coefficient_initializer="zeros")
+    np.testing.assert_allclose(ops.convert_to_numpy(zero(x)), expected, atol=1e-6)
+    normal = FourierDense(_dense(6, 5), n_frequency=8)
+    spectrum = ops.convert_to_numpy(normal.spectrum)
+    assert spectrum.std() > 0.3
+    assert np.abs(ops.convert_to_numpy(normal(x)) - expected).max() > 1e-3
+
+
+def test_merge_unmerge_and_plain_export():
+    base = _dense(9, 7, activation="relu")
+    original = ops.convert_to_numpy(base.kernel).copy()
+    layer = FourierDense(base, n_frequency=12)
+    x = np.random.default_rng(5).normal(size=(3, 7)).astype("float32")
+    adapted = ops.convert_to_numpy(layer(x))
+    layer.merge()
+    assert layer.merged
+    np.testing.assert_allclose(ops.convert_to_numpy(layer(x)), adapted, atol=1e-5)
+    expected_kernel = original + ops.convert_to_numpy(layer.delta_weight())
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(layer.kernel), expected_kernel, atol=1e-6
+    )
+    layer.merge()  # no-op
+    plain = layer.to_plain_layer()
+    assert type(plain) is keras.layers.Dense and plain.name == base.name
+    np.testing.assert_allclose(ops.convert_to_numpy(plain(x)), adapted, atol=1e-5)
+    layer.unmerge()
+    np.testing.assert_array_equal(ops.convert_to_numpy(layer.kernel), original)
+    np.testing.assert_allclose(ops.convert_to_numpy(layer(x)), adapted, atol=1e-5)
+
+
+def test_einsum_plain_export():
+    base = _einsum("btd,ndh->btnh", (None, 3, 4), (2, 5, 16))
+    layer = FourierDense(base, n_frequency=30)
+    x = np.random.default_rng(6).normal(size=(2, 5, 16)).astype("float32")
+    plain = layer.to_plain_layer()
+    assert type(plain) is keras.layers.EinsumDense
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(plain(x)), ops.convert_to_numpy(layer(x)), atol=1e-4
+    )
+
+
+def test_disabled_adapter_gives_base_output():
+    base = _dense(4, 3)
+    x = np.ones((1, 3), "float32")
+    expected = ops.convert_to_numpy(base(x))
+    layer = FourierDense(base, n_frequency=5)
+    layer.adapter_enabled = False
+    np.testing.assert_allclose(ops.convert_to_numpy(layer(x)), expected, atol=1e-6)
+
+
+def test_safe_merge_refuses_non_finite():
+    base = _dense(4, 3)
+    original = ops.convert_to_numpy(base.kernel).copy()
+    layer = FourierDense(base, n_frequency=5, coefficient_initializer="zeros")
+    layer.set_spectrum([np.inf, 0, 0, 0, 0])
+    with pytest.raises(ValueError, match="non-finite"):
+        layer.merge(safe_merge=True)
+    assert not layer.merged
+    np.testing.assert_array_equal(ops.convert_to_numpy(layer.kernel), original)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_fit(policy):
+    keras.config.set_dtype_policy(policy)
+    inputs = keras.Input((8,))
+    hidden = FourierDense(keras.layers.Dense(16), n_frequency=20, scaling=10.0)
+    outputs = keras.layers.Dense(1, dtype="float32")(hidden(inputs))
+    model = keras.Model(inputs, outputs)
+    assert hidden.compute_dtype == policy.split("_")[1]
+    assert hidden.coefficients.dtype == "float32"
+    y_hidden = hidden(np.ones((2, 8), "float32"))
+    assert keras.backend.standardize_dtype(y_hidden.dtype) == hidden.compute_dtype
+    before = ops.convert_to_numpy(hidden.coefficients).copy()
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    x = np.random.default_rng(0).normal(size=(32, 8)).astype("float32")
+    history = model.fit(x, x[:, :1], epochs=2, batch_size=8, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert not np.allclose(ops.convert_to_numpy(hidden.coefficients), before)
+
+
+def _small_model():
+    inputs = keras.Input((6,))
+    x = FourierDense(keras.layers.Dense(8, activation="relu"), n_frequency=10)(inputs)
+    x = FourierDense(
+        keras.layers.EinsumDense("ab,bc->ac", (5,), bias_axes="c"), n_frequency=9
+    )(x)
+    return keras.Model(inputs, x)
+
+
+def test_keras_file_round_trip(tmp_path):
+    model = _small_model()
+    x = np.random.default_rng(0).normal(size=(3, 6)).astype("float32")
+    expected = ops.convert_to_numpy(model(x))
+    path = os.path.join(tmp_path, "model.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    assert isinstance(restored.layers[1], FourierDense)
+    assert restored.layers[2].n_frequency == 9
+    np.testing.assert_allclose(ops.convert_to_numpy(restored(x)), expected, atol=1e-6)
+
+
+def test_weights_round_trip(tmp_path):
+    model = _small_model()
+    x = np.random.default_rng(0).normal(size=(3, 6)).astype("float32")
+    expected = ops.convert_to_numpy(model(x))
+    path = os.path.join(tmp_path, "model.weights.h5")
+    model.save_weights(path)
+    other = _small_model()
+    assert not np.allclose(ops.convert_to_numpy(other(x)), expected)
+    other.load_weights(path)
+    np.testing.assert_allclose(ops.convert_to_numpy(other(x)), expected, atol=1e-6)
+
+
+def test_merged_layer_saves_unmerged_kernel(tmp_path):
+    model = _small_model()
+    x = np.ones((2, 6), "float32")
+    expected = ops.convert_to_numpy(model(x))
+    model.layers[1].merge()
+    path = os.path.join(tmp_path, "model.weights.h5")
+    model.save_weights(path)
+    other = _small_model()
+    other.load_weights(path)
+    assert not other.layers[1].merged
+    np.testing.assert_allclose(ops.convert_to_numpy(other(x)), expected, atol=1e-5)
+
+
+def test_get_config_round_trip():
+    layer = FourierDense(
+        _dense(5, 4),
+        n_frequency=6,
+        scaling=20.0,
+        seed=3,
+        coefficient_initializer="zeros",
+        lr_multiplier=4.0,
+    )
+    clone = FourierDense.from_config(layer.get_config())
+    clone.build((None, 4))
+    assert clone.get_config() == layer.get_config()
+    np.testing.assert_array_equal(clone.locations, layer.locations)
+
+
+def test_rejects_bad_input():
+    with pytest.raises(ValueError, match="positive integer"):
+        FourierDense(_dense(4, 3), n_frequency=0)
+    with pytest.raises(ValueError, match="larger than the number of entries"):
+        FourierDense(_dense(4, 3), n_frequency=13)
+    with pytest.raises(TypeError, match="Dense"):
+        FourierDense(keras.layers.Conv1D(3, 2))
+    wrapped = FourierDense(_dense(4, 3), n_frequency=3)
+    with pytest.raises(ValueError, match="already a FourierDense"):
+        FourierDense(wrapped)
+    lora = _dense(4, 3)
+    lora.enable_lora(2)
+    with pytest.raises(ValueError, match="LoRA"):
+        FourierDense(lora)
+    with pytest.raises(ValueError, match="kernel_constraint"):
+        FourierDense(_dense(4, 3, kernel_constraint="non_neg"))
+    with pytest.raises(ValueError, match="sampling"):
+        FourierDense(_dense(4, 3), sampling="other")
+    with pytest.raises(ValueError, match="lr_multiplier"):
+        FourierDense(_dense(4, 3), n_frequency=2, lr_multiplier=0)
+    with pytest.raises(ValueError, match="n_frequency"):
+        FourierDense(_dense(4, 3), n_frequency=2.5)
+
+
+def test_rejected_wrap_leaves_layer_untouched():
+    base = _dense(4, 3)
+    with pytest.raises(ValueError):
+        FourierDense(base, n_frequency=100)
+    assert base.kernel.trainable and base.bias.trainable

@@ -1,0 +1,163 @@
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
+from keras import ops
+
+from keras_fourierft import frequency_locations
+from keras_fourierft import spectral_delta
+from keras_fourierft.spectral import kernel_indices
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_locations_bit_identical_to_peft(case, peft_layers, peft_cases):
+    c = peft_cases[case]
+    locations = frequency_locations(
+        c["out_features"], c["in_features"], c["n_frequency"], c["random_loc_seed"]
+    )
+    assert locations.shape == (2, c["n_frequency"])
+    np.testing.assert_array_equal(locations[0], peft_layers[f"case{case}_rows"])
+    np.testing.assert_array_equal(locations[1], peft_layers[f"case{case}_cols"])
+
+
+def test_locations_ignore_and_keep_global_random_state():
+    import keras
+
+    keras.utils.set_random_seed(1)
+    first = frequency_locations(64, 32, 100, seed=3)
+    np.random.seed(12345)
+    state = np.random.get_state()
+    keras.utils.set_random_seed(99)
+    np.random.seed(12345)
+    second = frequency_locations(64, 32, 100, seed=3)
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_array_equal(np.random.get_state()[1], state[1])
+
+
+def test_locations_distinct_and_in_range():
+    locations = frequency_locations(40, 30, 1200, seed=5)
+    flat = locations[0] * 30 + locations[1]
+    assert len(np.unique(flat)) == 1200
+    assert locations[0].max() < 40 and locations[1].max() < 30
+
+
+def test_all_locations_is_a_permutation():
+    locations = frequency_locations(6, 7, 42, seed=1)
+    assert sorted(locations[0] * 7 + locations[1]) == list(range(42))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"n_frequency": 0}, "positive integer"),
+        ({"n_frequency": -3}, "positive integer"),
+        ({"n_frequency": 8 * 8 + 1}, "larger than the number of entries"),
+        ({"seed": -1}, "seed"),
+        ({"sampling": "gaussian"}, "sampling"),
+    ],
+)
+def test_locations_reject_bad_input(kwargs, message):
+    args = {"out_features": 8, "in_features": 8, "n_frequency": 10}
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        frequency_locations(**args)
+
+
+def test_frequency_biased_favours_the_band():
+    locations = frequency_locations(
+        128,
+        128,
+        500,
+        seed=0,
+        sampling="frequency_biased",
+        center_frequency=10.0,
+        bandwidth=5.0,
+    )
+    rows = np.minimum(locations[0], 128 - locations[0])
+    cols = np.minimum(locations[1], 128 - locations[1])
+    distance = np.sqrt(rows**2 + cols**2)
+    flat = locations[0] * 128 + locations[1]
+    assert len(np.unique(flat)) == 500
+    assert abs(np.median(distance) - 10.0) < 3.0
+    uniform = frequency_locations(128, 128, 500, seed=0)
+    uniform_distance = np.hypot(
+        np.minimum(uniform[0], 128 - uniform[0]),
+        np.minimum(uniform[1], 128 - uniform[1]),
+    )
+    assert np.median(uniform_distance) > 30
+    again = frequency_locations(
+        128,
+        128,
+        500,
+        seed=0,
+        sampling="frequency_biased",
+        center_frequency=10.0,
+        bandwidth=5.0,
+    )
+    np.testing.assert_array_equal(locations, again)
+
+
+def test_frequency_biased_rejects_too_narrow_band():
+    with pytest.raises(ValueError, match="non-zero probability"):
+        frequency_locations(
+            16,
+            16,
+            200,
+            sampling="frequency_biased",
+            center_frequency=1.0,
+            bandwidth=0.01,
+        )
+    with pytest.raises(ValueError, match="bandwidth"):
+        frequency_locations(16, 16, 20, sampling="frequency_biased")
+
+
+def _numpy_delta(coefficients, indices, shape, scaling):
+    spectrum = np.zeros(shape, dtype=np.complex128)
+    spectrum[indices[:, 0], indices[:, 1]] = coefficients
+    return scaling * np.fft.ifft2(spectrum).real
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    rows=st.integers(1, 40),
+    cols=st.integers(1, 40),
+    fraction=st.floats(0.01, 1.0),
+    seed=st.integers(0, 2**32 - 1),
+    scaling=st.floats(0.1, 300.0),
+)
+def test_delta_matches_numpy_ifft2(rows, cols, fraction, seed, scaling):
+    n = max(1, int(fraction * rows * cols))
+    locations = frequency_locations(cols, rows, n, seed=seed)
+    indices = kernel_indices(locations)
+    coefficients = np.random.default_rng(seed).normal(size=n).astype("float32")
+    delta = ops.convert_to_numpy(
+        spectral_delta(coefficients, indices, (rows, cols), scaling)
+    )
+    assert delta.dtype == np.float32
+    expected = _numpy_delta(coefficients, indices, (rows, cols), scaling)
+    np.testing.assert_allclose(delta, expected, rtol=1e-4, atol=1e-5 * scaling)
+
+
+@pytest.mark.parametrize("case", range(3))
+def test_delta_matches_peft_fixture(case, peft_layers, peft_cases):
+    c = peft_cases[case]
+    locations = frequency_locations(
+        c["out_features"], c["in_features"], c["n_frequency"], c["random_loc_seed"]
+    )
+    delta = spectral_delta(
+        peft_layers[f"case{case}_coefficients"],
+        kernel_indices(locations),
+        (c["in_features"], c["out_features"]),
+        c["scaling"],
+    )
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(delta), peft_layers[f"case{case}_delta_w"].T, atol=1e-5
+    )
+
+
+def test_delta_is_float32_for_half_precision_spectrum():
+    delta = spectral_delta(
+        ops.ones((3,), dtype="float16"), np.array([[0, 0], [1, 2], [2, 1]]), (3, 3), 2.0
+    )
+    assert ops.convert_to_numpy(delta).dtype == np.float32
