@@ -92,7 +92,7 @@ def _einsum_feature_axes(equation):
     return input_axes, output_axes
 
 
-def _check_wrappable(layer):
+def check_wrappable(layer):
     if isinstance(layer, FourierDense):
         raise ValueError(
             f"Layer {layer.name!r} is already a FourierDense. Wrap the "
@@ -198,7 +198,7 @@ class FourierDense(keras.layers.Layer):
         lr_multiplier=1.0,
         **kwargs,
     ):
-        _check_wrappable(layer)
+        check_wrappable(layer)
         if not isinstance(n_frequency, (int, np.integer)) or n_frequency <= 0:
             raise ValueError(
                 "`n_frequency` must be a positive integer. Received: "
@@ -262,7 +262,11 @@ class FourierDense(keras.layers.Layer):
                 f"Layer {self.name!r} expects a spectrum of shape "
                 f"({self.n_frequency},). Received shape {values.shape}."
             )
+        was_merged = self.merged
+        self.unmerge()
         self.coefficients.assign(values / self.lr_multiplier)
+        if was_merged:
+            self.merge()
 
     def build(self, input_shape):
         if self.built:
