@@ -107,7 +107,7 @@ def load_fourierft_weights(model, filepath):
     extra = _match_extra(model, content["extra"])
     if not fourier_layers(model):
         _enable_from(model, content["layers"])
-    for (_, layer), entry in zip(fourier_layers(model), content["layers"]):
+    for (_, layer), entry in zip(fourier_layers(model), content["layers"], strict=True):
         layer.set_spectrum(entry["spectrum"])
     for variable, value in extra:
         variable.assign(value)
@@ -239,7 +239,7 @@ def _check_layers(model, entries):
             f"{model.name!r} has {len(layers)}. It was trained on other "
             "targets or another architecture."
         )
-    for (path, layer), entry in zip(layers, entries):
+    for (path, layer), entry in zip(layers, entries, strict=True):
         if path != entry["path"]:
             raise ValueError(
                 f"Adapted layer mismatch: the file's layer {entry['path']!r} "

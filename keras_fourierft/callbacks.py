@@ -6,7 +6,6 @@ import numpy as np
 from keras_fourierft.adapters import save_fourierft_weights
 
 
-@keras.saving.register_keras_serializable(package="keras_fourierft")
 class FourierFTCheckpoint(keras.callbacks.Callback):
     """Saves the FourierFT adapter file during `fit`, like `ModelCheckpoint`.
 

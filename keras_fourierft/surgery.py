@@ -421,6 +421,8 @@ def _validate_target(path, layer, n_frequency):
 
 def _replace_layer(model, parents, old, new):
     for parent in parents:
+        _replace_in_graph(getattr(parent, "_functional", None), old, new)
+        _replace_in_graph(parent, old, new)
         tracker = parent._tracker
         if tracker.is_in_store("layers", old):
             tracker.replace_tracked_value("layers", old, new)
@@ -433,8 +435,6 @@ def _replace_layer(model, parents, old, new):
                 for i, item in enumerate(value):
                     if item is old:
                         value[i] = new
-        _replace_in_graph(getattr(parent, "_functional", None), old, new)
-        _replace_in_graph(parent, old, new)
 
 
 def _replace_in_graph(function, old, new):

@@ -1,0 +1,264 @@
+import keras
+import keras_hub
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_fourierft import FourierDense
+from keras_fourierft import enable_fourierft
+from keras_fourierft import fourier_layers
+from keras_fourierft import merge_fourierft
+from keras_fourierft import set_fourierft_enabled
+from keras_fourierft import unload_fourierft
+from keras_fourierft import unmerge_fourierft
+from tests import models
+from tests.helpers import assert_same_weights
+from tests.helpers import snapshot
+
+
+def test_bert_classifier_targets_counts_and_head():
+    model = models.bert_classifier()
+    summary = enable_fourierft(model, n_frequency=20)
+    paths = [layer.path for layer in summary.layers]
+    assert len(paths) == 4
+    assert all(p.endswith(("/query", "/value")) for p in paths)
+    assert summary.coefficient_params == 4 * 20
+    trainable = {v.path for v in model.trainable_weights}
+    assert trainable == {
+        "query/coefficients",
+        "value/coefficients",
+        "logits/kernel",
+        "logits/bias",
+    }
+    head = 16 * 2 + 2
+    assert summary.other_trainable_params == head
+    assert sum(int(np.prod(v.shape)) for v in model.trainable_weights) == 80 + head
+    assert "trainable params" in str(summary)
+
+
+def test_zero_init_keeps_outputs_and_fit_trains_only_adapters():
+    model = models.bert_classifier()
+    x = models.bert_inputs()
+    expected = model.predict(x, verbose=0)
+    enable_fourierft(model, n_frequency=20, coefficient_initializer="zeros")
+    np.testing.assert_allclose(model.predict(x, verbose=0), expected, atol=1e-5)
+    frozen = {v.path + str(i): v.numpy().copy() for i, v in enumerate(model.weights)}
+    frozen = {
+        k: v
+        for (k, v), var in zip(frozen.items(), model.weights, strict=True)
+        if not var.trainable
+    }
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    model.fit(x, np.array([0, 1, 0, 1]), epochs=2, verbose=0)
+    after = {v.path + str(i): v.numpy() for i, v in enumerate(model.weights)}
+    for key, value in frozen.items():
+        np.testing.assert_array_equal(after[key], value, err_msg=key)
+    assert not np.allclose(model.predict(x, verbose=0), expected)
+
+
+def test_blocks_patterns_and_paths():
+    model = models.bert_backbone()
+    summary = enable_fourierft(
+        model,
+        target_layer_names=[],
+        target_paths=[r"self_attention_layer/(query|key)$"],
+        blocks=[1],
+        n_frequency=10,
+        n_frequency_pattern={"key$": 7},
+    )
+    assert [(layer.path, layer.n_frequency) for layer in summary.layers] == [
+        ("transformer_layer_1/self_attention_layer/key", 7),
+        ("transformer_layer_1/self_attention_layer/query", 10),
+    ] or sorted((layer.path, layer.n_frequency) for layer in summary.layers) == [
+        ("transformer_layer_1/self_attention_layer/key", 7),
+        ("transformer_layer_1/self_attention_layer/query", 10),
+    ]
+
+
+def test_bias_modes():
+    model = models.bert_backbone()
+    enable_fourierft(model, n_frequency=10, bias="fourier_only")
+    names = sorted(v.name for v in model.trainable_weights)
+    assert names == ["bias"] * 4 + ["coefficients"] * 4
+    other = models.bert_backbone()
+    enable_fourierft(other, n_frequency=10, bias="all")
+    biases = [v for v in other.weights if v.name == "bias"]
+    assert all(v.trainable for v in biases) and len(biases) > 4
+
+
+@pytest.mark.parametrize("build", [models.sequential, models.functional])
+def test_graph_models_forward_fit_and_keras_file(build, tmp_path):
+    model = build()
+    x = np.random.default_rng(0).normal(size=(8, 6)).astype("float32")
+    expected = ops.convert_to_numpy(model(x))
+    enable_fourierft(
+        model,
+        target_layer_names=["query", "value"],
+        n_frequency=15,
+        coefficient_initializer="zeros",
+        trainable_layers=["head"],
+    )
+    assert all(isinstance(layer, FourierDense) for _, layer in fourier_layers(model))
+    np.testing.assert_allclose(model.predict(x, verbose=0), expected, atol=1e-5)
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(x, np.ones((8, 3)), epochs=2, verbose=0)
+    trained = model.predict(x, verbose=0)
+    assert not np.allclose(trained, expected)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    assert len(fourier_layers(restored)) == len(fourier_layers(model))
+    np.testing.assert_allclose(restored.predict(x, verbose=0), trained, atol=1e-5)
+
+
+def test_subclassed_model_and_lists():
+    model = models.subclassed()
+    x = np.ones((2, 6), "float32")
+    expected = ops.convert_to_numpy(model(x))
+    summary = enable_fourierft(
+        model,
+        target_layer_names=["query", "value_0", "value_1"],
+        n_frequency=9,
+        coefficient_initializer="zeros",
+    )
+    assert len(summary.layers) == 3
+    assert isinstance(model.blocks[1], FourierDense)
+    np.testing.assert_allclose(ops.convert_to_numpy(model(x)), expected, atol=1e-5)
+
+
+def test_base_weights_file_loads_into_enabled_model(tmp_path):
+    source = models.bert_backbone()
+    path = str(tmp_path / "base.weights.h5")
+    source.save_weights(path)
+    x = models.bert_inputs()
+    expected = ops.convert_to_numpy(source(x)["sequence_output"])
+    model = models.bert_backbone()
+    enable_fourierft(model, n_frequency=10, coefficient_initializer="zeros")
+    model.load_weights(path)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(model(x)["sequence_output"]), expected, atol=1e-5
+    )
+    full = str(tmp_path / "adapted.weights.h5")
+    for _, layer in fourier_layers(model):
+        layer.set_spectrum(np.linspace(-1, 1, 10))
+    adapted = ops.convert_to_numpy(model(x)["sequence_output"])
+    model.save_weights(full)
+    again = models.bert_backbone()
+    enable_fourierft(again, n_frequency=10)
+    again.load_weights(full)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(again(x)["sequence_output"]), adapted, atol=1e-5
+    )
+
+
+def test_merge_disable_and_unload_to_plain_model(tmp_path):
+    model = models.bert_classifier()
+    x = models.bert_inputs()
+    base = model.predict(x, verbose=0)
+    enable_fourierft(model, n_frequency=30)
+    adapted = model.predict(x, verbose=0)
+    assert not np.allclose(adapted, base, atol=1e-4)
+    set_fourierft_enabled(model, False)
+    np.testing.assert_allclose(model.predict(x, verbose=0), base, atol=1e-5)
+    set_fourierft_enabled(model, True)
+    merge_fourierft(model)
+    np.testing.assert_allclose(model.predict(x, verbose=0), adapted, atol=1e-4)
+    unmerge_fourierft(model)
+    np.testing.assert_allclose(model.predict(x, verbose=0), adapted, atol=1e-5)
+    unload_fourierft(model)
+    assert not fourier_layers(model)
+    np.testing.assert_allclose(model.predict(x, verbose=0), adapted, atol=1e-4)
+    path = str(tmp_path / "plain.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    assert not any(
+        isinstance(layer, FourierDense) for layer in restored._flatten_layers()
+    )
+    np.testing.assert_allclose(restored.predict(x, verbose=0), adapted, atol=1e-4)
+
+
+def test_errors_leave_model_untouched():
+    model = models.bert_backbone()
+    before = snapshot(model)
+    flags = [v.trainable for v in model.weights]
+    with pytest.raises(ValueError, match="No layer matched.*query"):
+        enable_fourierft(model, target_layer_names=["nothing"])
+    with pytest.raises(ValueError, match="does not fit layer"):
+        enable_fourierft(model, n_frequency=10_000)
+    with pytest.raises(TypeError, match="Dense and EinsumDense"):
+        enable_fourierft(model, target_layer_names=["embeddings_layer_norm"])
+    with pytest.raises(ValueError, match="bias"):
+        enable_fourierft(model, bias="some")
+    assert not fourier_layers(model)
+    assert [v.trainable for v in model.weights] == flags
+    assert_same_weights(before, snapshot(model))
+    enable_fourierft(model, n_frequency=5)
+    with pytest.raises(ValueError, match="already enabled"):
+        enable_fourierft(model, n_frequency=5)
+
+
+def test_unbuilt_model_is_rejected():
+    model = keras.Sequential([keras.layers.Dense(3, name="query")])
+    with pytest.raises(ValueError, match="not built"):
+        enable_fourierft(model)
+
+
+@pytest.mark.parametrize(
+    "name, build",
+    [
+        (
+            "gemma",
+            lambda: keras_hub.models.GemmaBackbone(
+                vocabulary_size=32,
+                num_layers=1,
+                num_query_heads=2,
+                num_key_value_heads=1,
+                hidden_dim=16,
+                intermediate_dim=32,
+                head_dim=8,
+            ),
+        ),
+        (
+            "llama",
+            lambda: keras_hub.models.LlamaBackbone(
+                vocabulary_size=32,
+                num_layers=1,
+                num_query_heads=2,
+                num_key_value_heads=1,
+                hidden_dim=16,
+                intermediate_dim=32,
+            ),
+        ),
+    ],
+)
+def test_decoder_backbones(name, build):
+    model = build()
+    x = {
+        "token_ids": np.ones((2, 5), "int32"),
+        "padding_mask": np.ones((2, 5), "int32"),
+    }
+    expected = ops.convert_to_numpy(model(x))
+    summary = enable_fourierft(model, n_frequency=12, coefficient_initializer="zeros")
+    assert len(summary.layers) == 2, name
+    shapes = {(layer.in_features, layer.out_features) for layer in summary.layers}
+    assert (16, 16) in shapes and (16, 8) in shapes
+    np.testing.assert_allclose(ops.convert_to_numpy(model(x)), expected, atol=1e-5)
+
+
+def test_vit_backbone():
+    model = keras_hub.models.ViTBackbone(
+        image_shape=(16, 16, 3),
+        patch_size=8,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=8,
+        mlp_dim=16,
+    )
+    x = np.random.default_rng(0).normal(size=(2, 16, 16, 3)).astype("float32")
+    expected = ops.convert_to_numpy(model(x))
+    summary = enable_fourierft(model, n_frequency=8, coefficient_initializer="zeros")
+    assert len(summary.layers) == 2
+    np.testing.assert_allclose(ops.convert_to_numpy(model(x)), expected, atol=1e-5)
