@@ -1,0 +1,212 @@
+import os
+
+import h5py
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_fourierft import adapters
+from keras_fourierft import enable_fourierft
+from keras_fourierft import fourier_layers
+from keras_fourierft import load_fourierft_weights
+from keras_fourierft import save_fourierft_weights
+from tests import models
+from tests.helpers import assert_same_weights
+from tests.helpers import snapshot
+
+
+def _trained_classifier(seed=1):
+    model = models.bert_classifier(seed=0)
+    enable_fourierft(model, n_frequency=20)
+    rng = np.random.default_rng(seed)
+    for _, layer in fourier_layers(model):
+        layer.set_spectrum(rng.normal(size=20))
+    head = model.get_layer("logits")
+    head.kernel.assign(rng.normal(size=head.kernel.shape).astype("float32"))
+    return model
+
+
+def test_round_trip_into_fresh_model(tmp_path):
+    model = _trained_classifier()
+    x = models.bert_inputs()
+    expected = model.predict(x, verbose=0)
+    path = str(tmp_path / "adapter.weights.h5")
+    save_fourierft_weights(model, path, include_trainable_weights=True)
+    fresh = models.bert_classifier(seed=0)
+    enable_fourierft(fresh, n_frequency=20)
+    assert not np.allclose(fresh.predict(x, verbose=0), expected, atol=1e-3)
+    load_fourierft_weights(fresh, path)
+    np.testing.assert_allclose(fresh.predict(x, verbose=0), expected, atol=1e-5)
+
+
+def test_load_enables_a_plain_model(tmp_path):
+    model = _trained_classifier()
+    x = models.bert_inputs()
+    expected = model.predict(x, verbose=0)
+    path = str(tmp_path / "adapter.weights.h5")
+    save_fourierft_weights(model, path, include_trainable_weights=True)
+    fresh = models.bert_classifier(seed=0)
+    load_fourierft_weights(fresh, path)
+    assert len(fourier_layers(fresh)) == 4
+    np.testing.assert_allclose(fresh.predict(x, verbose=0), expected, atol=1e-5)
+
+
+def test_file_holds_only_coefficients(tmp_path):
+    model = _trained_classifier()
+    path = str(tmp_path / "adapter.weights.h5")
+    save_fourierft_weights(model, path)
+    with h5py.File(path) as file:
+        sizes = [file["fourierft"][k].size for k in file["fourierft"]]
+        assert sizes == [20] * 4
+        assert len(file["trainable"]) == 0
+    assert os.path.getsize(path) < 20_000
+
+
+def test_swap_adapters_without_recompiling(tmp_path):
+    model = _trained_classifier(seed=1)
+    x = models.bert_inputs()
+    first = model.predict(x, verbose=0)
+    path_a = str(tmp_path / "a.weights.h5")
+    save_fourierft_weights(model, path_a)
+    other = _trained_classifier(seed=2)
+    path_b = str(tmp_path / "b.weights.h5")
+    save_fourierft_weights(other, path_b)
+    load_fourierft_weights(model, path_b)
+    second = model.predict(x, verbose=0)
+    assert not np.allclose(first, second, atol=1e-4)
+    load_fourierft_weights(model, path_a)
+    np.testing.assert_allclose(model.predict(x, verbose=0), first, atol=1e-6)
+
+
+def test_merged_model_loads_and_stays_merged(tmp_path):
+    from keras_fourierft import merge_fourierft
+
+    source = _trained_classifier(seed=3)
+    x = models.bert_inputs()
+    path = str(tmp_path / "a.weights.h5")
+    save_fourierft_weights(source, path)
+    model = _trained_classifier(seed=4)
+    merge_fourierft(model)
+    load_fourierft_weights(model, path)
+    assert all(layer.merged for _, layer in fourier_layers(model))
+    source.get_layer("logits").set_weights(model.get_layer("logits").get_weights())
+    np.testing.assert_allclose(
+        model.predict(x, verbose=0), source.predict(x, verbose=0), atol=1e-4
+    )
+
+
+def _mismatch_cases(tmp_path):
+    model = _trained_classifier()
+    good = str(tmp_path / "good.weights.h5")
+    save_fourierft_weights(model, good, include_trainable_weights=True)
+    other_n = models.bert_classifier()
+    enable_fourierft(other_n, n_frequency=10)
+    path_n = str(tmp_path / "n.weights.h5")
+    save_fourierft_weights(other_n, path_n)
+    other_seed = models.bert_classifier()
+    enable_fourierft(other_seed, n_frequency=20, seed=1)
+    path_seed = str(tmp_path / "seed.weights.h5")
+    save_fourierft_weights(other_seed, path_seed)
+    other_targets = models.bert_classifier()
+    enable_fourierft(other_targets, n_frequency=20, blocks=[0])
+    path_targets = str(tmp_path / "targets.weights.h5")
+    save_fourierft_weights(other_targets, path_targets)
+    truncated = str(tmp_path / "truncated.weights.h5")
+    with open(good, "rb") as f:
+        data = f.read()
+    with open(truncated, "wb") as f:
+        f.write(data[: len(data) // 2])
+    text = str(tmp_path / "text.weights.h5")
+    with open(text, "w") as f:
+        f.write("not hdf5")
+    full = str(tmp_path / "full.weights.h5")
+    model.save_weights(full)
+    return {
+        "n_frequency": path_n,
+        "seed": path_seed,
+        "adapted layers": path_targets,
+        "truncated": truncated,
+        "not an HDF5": text,
+        "not a FourierFT adapter": full,
+        "end in": str(tmp_path / "adapter.h5"),
+        "No adapter file": str(tmp_path / "missing.weights.h5"),
+    }
+
+
+def test_mismatches_raise_and_leave_model_untouched(tmp_path):
+    cases = _mismatch_cases(tmp_path)
+    model = _trained_classifier(seed=7)
+    before = snapshot(model)
+    for message, path in cases.items():
+        with pytest.raises((ValueError, FileNotFoundError), match=message):
+            load_fourierft_weights(model, path)
+        assert_same_weights(before, snapshot(model))
+
+
+def test_other_architecture_is_rejected_before_enabling(tmp_path):
+    model = _trained_classifier()
+    path = str(tmp_path / "adapter.weights.h5")
+    save_fourierft_weights(model, path)
+    import keras_hub
+
+    wide = keras_hub.models.BertBackbone(
+        vocabulary_size=50,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=8,
+        intermediate_dim=16,
+        max_sequence_length=12,
+    )
+    other = keras_hub.models.BertTextClassifier(
+        backbone=wide, num_classes=2, preprocessor=None
+    )
+    before = snapshot(other)
+    with pytest.raises(ValueError, match="16x16"):
+        load_fourierft_weights(other, path)
+    assert not fourier_layers(other)
+    assert_same_weights(before, snapshot(other))
+
+
+def test_failed_save_keeps_previous_file(tmp_path, monkeypatch):
+    model = _trained_classifier(seed=1)
+    x = models.bert_inputs()
+    expected = model.predict(x, verbose=0)
+    path = str(tmp_path / "adapter.weights.h5")
+    save_fourierft_weights(model, path)
+    changed = _trained_classifier(seed=9)
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(adapters, "_layer_config", crash)
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_fourierft_weights(changed, path)
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["adapter.weights.h5"]
+    fresh = models.bert_classifier(seed=0)
+    enable_fourierft(fresh, n_frequency=20)
+    fresh.get_layer("logits").set_weights(model.get_layer("logits").get_weights())
+    load_fourierft_weights(fresh, path)
+    np.testing.assert_allclose(fresh.predict(x, verbose=0), expected, atol=1e-5)
+
+
+def test_save_without_adapters_fails():
+    with pytest.raises(ValueError, match="no FourierFT adapters"):
+        save_fourierft_weights(models.bert_classifier(), "x.weights.h5")
+
+
+def test_spectrum_round_trips_through_lr_multiplier(tmp_path):
+    model = models.bert_classifier()
+    enable_fourierft(model, n_frequency=20, lr_multiplier=1.0)
+    spectrum = np.linspace(-2, 2, 20).astype("float32")
+    for _, layer in fourier_layers(model):
+        layer.set_spectrum(spectrum)
+    path = str(tmp_path / "adapter.weights.h5")
+    save_fourierft_weights(model, path)
+    other = models.bert_classifier()
+    enable_fourierft(other, n_frequency=20, lr_multiplier=100.0)
+    load_fourierft_weights(other, path)
+    for _, layer in fourier_layers(other):
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(layer.spectrum), spectrum, rtol=1e-6
+        )
