@@ -1,5 +1,6 @@
 """`FourierDense`: a frozen Dense/EinsumDense adapted by FourierFT."""
 
+import json
 import math
 
 import keras
@@ -230,6 +231,7 @@ class FourierDense(keras.layers.Layer):
         self.activation = layer.activation
         self.equation = getattr(layer, "equation", None)
         self.adapter_enabled = True
+        self.model_path = None
         self._merged_from = None
         self.supports_masking = True
         if layer.built:
@@ -289,9 +291,11 @@ class FourierDense(keras.layers.Layer):
             center_frequency=self.center_frequency,
             bandwidth=self.bandwidth,
         )
-        self._indices = ops.convert_to_tensor(
-            spectral.kernel_indices(self.locations), dtype="int32"
+        plan = spectral.spectral_plan(
+            spectral.kernel_indices(self.locations),
+            (view["in_features"], view["out_features"]),
         )
+        self._plan = {key: ops.convert_to_tensor(value) for key, value in plan.items()}
         self._full_output_shape = getattr(layer, "full_output_shape", None)
         kernel.trainable = False
         self._kernel = kernel
@@ -319,9 +323,9 @@ class FourierDense(keras.layers.Layer):
     def delta_weight(self):
         """Returns delta_W in the kernel's own shape, as a float32 tensor."""
         view = self._view
-        delta = spectral.spectral_delta(
+        delta = spectral.delta_from_plan(
             self.spectrum,
-            self._indices,
+            self._plan,
             (view["in_features"], view["out_features"]),
             self.scaling,
         )
@@ -452,7 +456,9 @@ class FourierDense(keras.layers.Layer):
         """
         if not self.built:
             return
-        for index, value in enumerate(self._own_values()):
+        values = self._own_values()
+        values.append(np.frombuffer(self._record().encode("utf-8"), dtype=np.uint8))
+        for index, value in enumerate(values):
             store[str(index)] = value
 
     def load_own_variables(self, store):
@@ -465,10 +471,10 @@ class FourierDense(keras.layers.Layer):
             return
         base = [self._kernel] + ([self.bias] if self.bias is not None else [])
         keys = len(store.keys())
-        if keys not in (len(base), len(base) + 1):
+        if keys not in (len(base), len(base) + 1, len(base) + 2):
             raise ValueError(
                 f"Layer {self.name!r} expects {len(base)} (plain layer) or "
-                f"{len(base) + 1} (with FourierFT coefficients) saved "
+                f"{len(base) + 2} (with FourierFT coefficients) saved "
                 f"variables, but the file has {keys}."
             )
         was_merged = self.merged
@@ -478,6 +484,30 @@ class FourierDense(keras.layers.Layer):
             variable.assign(store[str(index)])
         if was_merged:
             self.merge()
+
+    def _record(self):
+        """JSON describing this adapter, saved beside its variables.
+
+        `keras_fourierft.load_model` reads it to re-enable FourierFT on models
+        whose config does not list their layers (KerasHub backbones).
+        """
+        config = {
+            key: value
+            for key, value in self.get_config().items()
+            if key
+            in (
+                "n_frequency",
+                "scaling",
+                "seed",
+                "sampling",
+                "center_frequency",
+                "bandwidth",
+                "lr_multiplier",
+            )
+        }
+        return json.dumps(
+            {"keras_fourierft": 1, "path": self.model_path, "config": config}
+        )
 
     def _own_values(self):
         values = [self.original_kernel()]

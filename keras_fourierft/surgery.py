@@ -191,6 +191,7 @@ def enable_fourierft(
             coefficient_initializer=coefficient_initializer,
             lr_multiplier=lr_multiplier,
         )
+        wrapper.model_path = path
         _replace_layer(model, parents[id(layer)], layer, wrapper)
         adapted.append((path, wrapper))
     _freeze(model, bias, trainable_layers)
