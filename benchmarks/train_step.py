@@ -25,6 +25,7 @@ import sys
 import time
 
 METHODS = ("frozen", "lora", "fourierft", "full")
+PEFT_METHODS = ("peft_lora", "peft_fourierft")
 SHAPES = {
     "minilm": {"num_layers": 6, "hidden_dim": 384, "num_heads": 12, "batch": 32},
     "bert-base": {"num_layers": 12, "hidden_dim": 768, "num_heads": 12, "batch": 32},
@@ -45,11 +46,23 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--n-frequency", type=int, default=1000)
     parser.add_argument("--lora-rank", type=int, default=8)
+    parser.add_argument(
+        "--with-peft",
+        action="store_true",
+        help="torch backend: also time HF PEFT LoRA and FourierFT (needs "
+        "transformers and peft) in the same interleaved run.",
+    )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-memory", action="store_true")
-    parser.add_argument("--memory-of", choices=METHODS, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--memory-of", choices=METHODS + PEFT_METHODS, help=argparse.SUPPRESS
+    )
     parser.add_argument("--output")
     args = parser.parse_args(argv)
+    if args.with_peft:
+        if args.backend != "torch":
+            parser.error("--with-peft needs --backend torch")
+        args.methods = list(args.methods) + list(PEFT_METHODS)
     if args.quick:
         args.repeats, args.steps, args.warmup = 3, 2, 2
     shape = SHAPES[args.shapes]
@@ -60,7 +73,23 @@ def parse_args(argv=None):
     return args
 
 
+def inputs(args):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    shape = (args.batch, args.sequence_length)
+    x = {
+        "token_ids": rng.integers(1, 30522, shape).astype("int32"),
+        "segment_ids": np.zeros(shape, "int32"),
+        "padding_mask": np.ones(shape, "int32"),
+    }
+    return x, rng.integers(0, 2, (args.batch,)).astype("int32")
+
+
 def build(method, args):
+    """Returns `(step, trainable_params)`; `step()` runs one training step."""
+    if method in PEFT_METHODS:
+        return build_peft(method, args)
     import keras
     import keras_hub
     import numpy as np
@@ -92,30 +121,78 @@ def build(method, args):
         optimizer=keras.optimizers.Adam(1e-4),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    rng = np.random.default_rng(0)
-    x = {
-        "token_ids": rng.integers(1, 30522, (args.batch, args.sequence_length)).astype(
-            "int32"
-        ),
-        "segment_ids": np.zeros((args.batch, args.sequence_length), "int32"),
-        "padding_mask": np.ones((args.batch, args.sequence_length), "int32"),
-    }
-    y = rng.integers(0, 2, (args.batch,)).astype("int32")
+    x, y = inputs(args)
     trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
-    return model, x, y, trainable
+
+    def step():
+        model.train_on_batch(x, y)
+        keras.ops.convert_to_numpy(model.trainable_weights[0])
+
+    return step, trainable
 
 
-def sync(model):
-    import keras
+def build_peft(method, args):
+    """HF transformers BERT with PEFT's LoRA or FourierFT, same shapes."""
+    import peft
+    import torch
+    import transformers
 
-    keras.ops.convert_to_numpy(model.trainable_weights[0])
+    shape = SHAPES[args.shapes]
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=30522,
+        hidden_size=shape["hidden_dim"],
+        num_hidden_layers=shape["num_layers"],
+        num_attention_heads=shape["num_heads"],
+        intermediate_size=4 * shape["hidden_dim"],
+        num_labels=2,
+    )
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = transformers.BertForSequenceClassification(config)
+    if method == "peft_lora":
+        adapter = peft.LoraConfig(
+            r=args.lora_rank,
+            lora_alpha=args.lora_rank,
+            target_modules=["query", "value"],
+            modules_to_save=["classifier"],
+        )
+    else:
+        adapter = peft.FourierFTConfig(
+            n_frequency=args.n_frequency,
+            scaling=150.0,
+            target_modules=["query", "value"],
+            modules_to_save=["classifier"],
+        )
+    model = peft.get_peft_model(model, adapter).to(device)
+    model.train()
+    x, y = inputs(args)
+    batch = {
+        "input_ids": torch.as_tensor(x["token_ids"], dtype=torch.long, device=device),
+        "token_type_ids": torch.as_tensor(
+            x["segment_ids"], dtype=torch.long, device=device
+        ),
+        "attention_mask": torch.as_tensor(
+            x["padding_mask"], dtype=torch.long, device=device
+        ),
+        "labels": torch.as_tensor(y, dtype=torch.long, device=device),
+    }
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(parameters, lr=1e-4)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        model(**batch).loss.backward()
+        optimizer.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    return step, sum(p.numel() for p in parameters)
 
 
-def time_steps(model, x, y, steps):
+def time_steps(step, steps):
     start = time.perf_counter()
     for _ in range(steps):
-        model.train_on_batch(x, y)
-    sync(model)
+        step()
     return (time.perf_counter() - start) / steps * 1000.0
 
 
@@ -176,10 +253,9 @@ def peak_rss_mb():
 
 
 def memory_only(args):
-    model, x, y, _ = build(args.memory_of, args)
+    step, _ = build(args.memory_of, args)
     for _ in range(3):
-        model.train_on_batch(x, y)
-    sync(model)
+        step()
     device = device_peak_mb(args)
     rss = peak_rss_mb()
     print(json.dumps({"peak_memory_mb": device if device is not None else rss}))
@@ -199,6 +275,12 @@ def versions(backend):
     }
     module = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}[backend]
     info[module] = __import__(module).__version__
+    if backend == "torch":
+        for name in ("transformers", "peft"):
+            try:
+                info[name] = __import__(name).__version__
+            except ImportError:
+                pass
     return info
 
 
@@ -209,17 +291,16 @@ def main(argv=None):
         memory_only(args)
         return
     built = {method: build(method, args) for method in args.methods}
-    for model, x, y, _ in built.values():
-        time_steps(model, x, y, args.warmup)
+    for step, _ in built.values():
+        time_steps(step, args.warmup)
     samples = {method: [] for method in args.methods}
     for _ in range(args.repeats):
         for method in args.methods:
-            model, x, y, _ = built[method]
-            samples[method].append(time_steps(model, x, y, args.steps))
+            samples[method].append(time_steps(built[method][0], args.steps))
     results = {
         method: {
             "median_step_ms": statistics.median(samples[method]),
-            "trainable_params": built[method][3],
+            "trainable_params": built[method][1],
         }
         for method in args.methods
     }
@@ -245,6 +326,15 @@ def main(argv=None):
             report["fourierft_memory_over_lora"] = (
                 results["fourierft"]["peak_memory_mb"]
                 / results["lora"]["peak_memory_mb"]
+            )
+    for name, (numerator, denominator) in {
+        "fourierft_over_peft_fourierft": ("fourierft", "peft_fourierft"),
+        "peft_fourierft_over_peft_lora": ("peft_fourierft", "peft_lora"),
+    }.items():
+        if numerator in results and denominator in results:
+            report[name] = (
+                results[numerator]["median_step_ms"]
+                / results[denominator]["median_step_ms"]
             )
     text = json.dumps(report, indent=2)
     print(text)
