@@ -63,3 +63,36 @@ def report(name, results, output=None):
         with open(output, "w") as file:
             file.write(text + "\n")
     return data
+
+
+def minilm_classifier(num_layers=6, hidden_dim=384, num_heads=12):
+    """A randomly initialised KerasHub BERT classifier (MiniLM-L6 shapes)."""
+    import keras
+    import keras_hub
+
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=30522,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        hidden_dim=hidden_dim,
+        intermediate_dim=4 * hidden_dim,
+        max_sequence_length=512,
+    )
+    return keras_hub.models.BertTextClassifier(
+        backbone=backbone, num_classes=2, preprocessor=None
+    )
+
+
+def token_inputs(batch, sequence_length):
+    """Random BERT inputs and labels."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    shape = (batch, sequence_length)
+    x = {
+        "token_ids": rng.integers(1, 30522, shape).astype("int32"),
+        "segment_ids": np.zeros(shape, "int32"),
+        "padding_mask": np.ones(shape, "int32"),
+    }
+    return x, rng.integers(0, 2, (batch,)).astype("int32")

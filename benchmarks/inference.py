@@ -20,26 +20,12 @@ import statistics  # noqa: E402
 import time  # noqa: E402
 
 import keras  # noqa: E402
-import keras_hub  # noqa: E402
 import numpy as np  # noqa: E402
+from common import minilm_classifier  # noqa: E402
 from common import report  # noqa: E402
+from common import token_inputs  # noqa: E402
 
 import keras_fourierft  # noqa: E402
-
-
-def classifier():
-    keras.utils.set_random_seed(0)
-    backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=30522,
-        num_layers=6,
-        num_heads=12,
-        hidden_dim=384,
-        intermediate_dim=1536,
-        max_sequence_length=512,
-    )
-    return keras_hub.models.BertTextClassifier(
-        backbone=backbone, num_classes=2, preprocessor=None
-    )
 
 
 def timed(model, x, steps):
@@ -58,17 +44,11 @@ def main():
     parser.add_argument("--output")
     args = parser.parse_args()
     repeats, steps = (3, 2) if args.quick else (9, 5)
-    rng = np.random.default_rng(0)
-    shape = (args.batch, args.sequence_length)
-    x = {
-        "token_ids": rng.integers(1, 30522, shape).astype("int32"),
-        "segment_ids": np.zeros(shape, "int32"),
-        "padding_mask": np.ones(shape, "int32"),
-    }
-    plain = classifier()
-    unmerged = classifier()
+    x, _ = token_inputs(args.batch, args.sequence_length)
+    plain = minilm_classifier()
+    unmerged = minilm_classifier()
     keras_fourierft.enable_fourierft(unmerged, n_frequency=1000)
-    merged = classifier()
+    merged = minilm_classifier()
     keras_fourierft.enable_fourierft(merged, n_frequency=1000)
     keras_fourierft.merge_fourierft(merged)
     models = {

@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 from common import block  # noqa: E402
 from common import compile_function  # noqa: E402
 from common import median_ms  # noqa: E402
+from common import minilm_classifier  # noqa: E402
 from common import report  # noqa: E402
 from keras import ops  # noqa: E402
 
@@ -121,18 +122,8 @@ def delta_case(size, n, repeats):
 
 
 def adapter_sizes():
-    import keras_hub
-
     def backbone():
-        keras.utils.set_random_seed(0)
-        return keras_hub.models.BertBackbone(
-            vocabulary_size=30522,
-            num_layers=6,
-            num_heads=12,
-            hidden_dim=384,
-            intermediate_dim=1536,
-            max_sequence_length=512,
-        )
+        return minilm_classifier().backbone
 
     folder = tempfile.mkdtemp()
     fourier = backbone()

@@ -24,6 +24,8 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
 METHODS = ("frozen", "lora", "fourierft", "full")
 PEFT_METHODS = ("peft_lora", "peft_fourierft")
 SHAPES = {
@@ -74,16 +76,9 @@ def parse_args(argv=None):
 
 
 def inputs(args):
-    import numpy as np
+    from common import token_inputs
 
-    rng = np.random.default_rng(0)
-    shape = (args.batch, args.sequence_length)
-    x = {
-        "token_ids": rng.integers(1, 30522, shape).astype("int32"),
-        "segment_ids": np.zeros(shape, "int32"),
-        "padding_mask": np.ones(shape, "int32"),
-    }
-    return x, rng.integers(0, 2, (args.batch,)).astype("int32")
+    return token_inputs(args.batch, args.sequence_length)
 
 
 def build(method, args):
@@ -91,24 +86,16 @@ def build(method, args):
     if method in PEFT_METHODS:
         return build_peft(method, args)
     import keras
-    import keras_hub
     import numpy as np
+    from common import minilm_classifier
 
     import keras_fourierft
 
     shape = SHAPES[args.shapes]
-    keras.utils.set_random_seed(0)
-    backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=30522,
-        num_layers=shape["num_layers"],
-        num_heads=shape["num_heads"],
-        hidden_dim=shape["hidden_dim"],
-        intermediate_dim=4 * shape["hidden_dim"],
-        max_sequence_length=512,
+    model = minilm_classifier(
+        shape["num_layers"], shape["hidden_dim"], shape["num_heads"]
     )
-    model = keras_hub.models.BertTextClassifier(
-        backbone=backbone, num_classes=2, preprocessor=None
-    )
+    backbone = model.backbone
     if method == "frozen":
         backbone.trainable = False
     elif method == "lora":

@@ -2,30 +2,25 @@
 
 import json
 import os
+import re
 import tempfile
 
 import h5py
 import numpy as np
 from keras import ops
 
+from keras_fourierft.layers import ADAPTER_SETTINGS
+from keras_fourierft.layers import kernel_view
 from keras_fourierft.surgery import enable_fourierft
 from keras_fourierft.surgery import fourier_layers
 from keras_fourierft.surgery import owned_variables
+from keras_fourierft.surgery import walk_layers
 from keras_fourierft.version import __version__
 
 FORMAT = "keras_fourierft.adapter"
 FORMAT_VERSION = 1
 SUFFIX = ".weights.h5"
-_LAYER_FIELDS = (
-    "in_features",
-    "out_features",
-    "n_frequency",
-    "scaling",
-    "seed",
-    "sampling",
-    "center_frequency",
-    "bandwidth",
-)
+_LAYER_FIELDS = ("in_features", "out_features") + ADAPTER_SETTINGS
 
 
 def save_fourierft_weights(model, filepath, include_trainable_weights=False):
@@ -170,25 +165,11 @@ def _write(file, layers, extra):
             str(index), data=ops.convert_to_numpy(layer.spectrum).astype("float32")
         )
         data.attrs["path"] = path
-        data.attrs["config"] = json.dumps(_layer_config(layer))
+        data.attrs["config"] = json.dumps(layer.adapter_config())
     group = file.create_group("trainable")
     for index, (path, variable) in enumerate(extra):
         data = group.create_dataset(str(index), data=ops.convert_to_numpy(variable))
         data.attrs["path"] = path
-
-
-def _layer_config(layer):
-    view = layer._view
-    return {
-        "in_features": view["in_features"],
-        "out_features": view["out_features"],
-        "n_frequency": layer.n_frequency,
-        "scaling": layer.scaling,
-        "seed": layer.seed,
-        "sampling": layer.sampling,
-        "center_frequency": layer.center_frequency,
-        "bandwidth": layer.bandwidth,
-    }
 
 
 def _read(file, filepath):
@@ -245,7 +226,7 @@ def _check_layers(model, entries):
                 f"Adapted layer mismatch: the file's layer {entry['path']!r} "
                 f"meets the model's layer {path!r}."
             )
-        config = _layer_config(layer)
+        config = layer.adapter_config()
         for field in _LAYER_FIELDS:
             if config[field] != entry[field]:
                 raise ValueError(
@@ -256,9 +237,6 @@ def _check_layers(model, entries):
 
 
 def _check_enableable(model, entries):
-    from keras_fourierft.layers import kernel_view
-    from keras_fourierft.surgery import walk_layers
-
     layers = {path: layer for path, layer in walk_layers(model)}
     for entry in entries:
         layer = layers.get(entry["path"])
@@ -293,8 +271,6 @@ def _check_enableable(model, entries):
 
 
 def _enable_from(model, entries):
-    import re
-
     first = entries[0]
     enable_fourierft(
         model,

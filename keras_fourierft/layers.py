@@ -10,6 +10,14 @@ from keras import ops
 from keras_fourierft import spectral
 
 COEFFICIENT_INITIALIZERS = ("normal", "zeros")
+ADAPTER_SETTINGS = (
+    "n_frequency",
+    "scaling",
+    "seed",
+    "sampling",
+    "center_frequency",
+    "bandwidth",
+)
 
 
 def kernel_view(layer_or_equation, kernel_shape):
@@ -485,26 +493,30 @@ class FourierDense(keras.layers.Layer):
         if was_merged:
             self.merge()
 
+    def adapter_config(self):
+        """The settings that define this adapter's spectrum.
+
+        Returns:
+            A dict with `in_features`, `out_features` (the 2-D view) and the
+            `ADAPTER_SETTINGS` (`n_frequency`, `scaling`, `seed`, `sampling`,
+            `center_frequency`, `bandwidth`).
+        """
+        self._require_built("describe")
+        config = {
+            "in_features": self._view["in_features"],
+            "out_features": self._view["out_features"],
+        }
+        config.update({name: getattr(self, name) for name in ADAPTER_SETTINGS})
+        return config
+
     def _record(self):
         """JSON describing this adapter, saved beside its variables.
 
         `keras_fourierft.load_model` reads it to re-enable FourierFT on models
         whose config does not list their layers (KerasHub backbones).
         """
-        config = {
-            key: value
-            for key, value in self.get_config().items()
-            if key
-            in (
-                "n_frequency",
-                "scaling",
-                "seed",
-                "sampling",
-                "center_frequency",
-                "bandwidth",
-                "lr_multiplier",
-            )
-        }
+        config = self.adapter_config()
+        config["lr_multiplier"] = self.lr_multiplier
         return json.dumps(
             {"keras_fourierft": 1, "path": self.model_path, "config": config}
         )

@@ -9,6 +9,7 @@ import h5py
 import keras
 import numpy as np
 
+from keras_fourierft.layers import ADAPTER_SETTINGS
 from keras_fourierft.surgery import enable_fourierft
 from keras_fourierft.surgery import fourier_layers
 
@@ -89,14 +90,8 @@ def _enable(model, records):
         config = record["config"]
         key = tuple(
             (name, config[name])
-            for name in (
-                "scaling",
-                "seed",
-                "sampling",
-                "center_frequency",
-                "bandwidth",
-                "lr_multiplier",
-            )
+            for name in ADAPTER_SETTINGS + ("lr_multiplier",)
+            if name != "n_frequency"
         )
         groups.setdefault(key, []).append(record)
     if len(groups) > 1:

@@ -31,8 +31,9 @@ def test_quick_run_writes_results_and_predicts(tmp_path):
     by_method = {row["method"]: row for row in results["summary"]}
     assert by_method["fourierft"]["adapter_params"] == 12 * 1000
     assert 0 < by_method["fourierft"]["adapter_file_bytes"] < 100_000
-    assert by_method["lora"]["adapter_file_bytes"] > 10 * (
-        by_method["fourierft"]["adapter_file_bytes"]
+    assert (
+        by_method["lora"]["adapter_file_bytes"]
+        > 10 * (by_method["fourierft"]["adapter_file_bytes"])
     )
     for row in results["summary"]:
         assert 0.0 <= row["median_test_accuracy"] <= 1.0
@@ -40,7 +41,9 @@ def test_quick_run_writes_results_and_predicts(tmp_path):
     assert "| fourierft |" in (output / "results.md").read_text()
     assert "| fourierft |" in printed
     predicted = _run("--output-dir", str(output), "--predict", "wonderful")
-    assert "wonderful" in predicted and ("positive" in predicted or "negative" in predicted)
+    assert "wonderful" in predicted and (
+        "positive" in predicted or "negative" in predicted
+    )
 
 
 def test_predict_without_training_explains(tmp_path):
