@@ -427,8 +427,14 @@ def _replace_layer(model, parents, old, new):
         tracker = parent._tracker
         if tracker.is_in_store("layers", old):
             tracker.replace_tracked_value("layers", old, new)
+        # On the torch backend layers are `torch.nn.Module`s, which keep
+        # their sublayers in `_modules` rather than in the instance dict.
+        modules = getattr(parent, "_modules", None)
+        for name, value in list((modules or {}).items()):
+            if value is old:
+                modules[name] = new
         for name, value in list(vars(parent).items()):
-            if name in ("_layers", "_tracker"):
+            if name in ("_layers", "_tracker", "_modules"):
                 continue
             if value is old:
                 object.__setattr__(parent, name, new)
