@@ -55,7 +55,10 @@ def peft_table(folder):
         "peft_lora": "HF PEFT LoRA r=8",
         "peft_fourierft": "HF PEFT FourierFT n=1000",
     }
-    lines = ["| method (torch, one run) | step | peak RSS | trainable |", "|---|---|---|---|"]
+    lines = [
+        "| method (torch, one run) | step | peak RSS | trainable |",
+        "|---|---|---|---|",
+    ]
     for key, name in names.items():
         row = r[key]
         lines.append(
@@ -116,8 +119,8 @@ def micro_tables(folder):
         extra.append(
             f"- {backend}: locations for 4096x4096, n=1000: "
             f"{data['locations_4096x4096_n1000_ms']:.2f} ms; adapter files "
-            f"(MiniLM-L6 query+value): FourierFT {files['fourierft_weights_h5_bytes']:,}"
-            f" B vs Keras LoRA r=8 `.lora.h5` {files['lora_r8_lora_h5_bytes']:,} B "
+            "(MiniLM-L6 query+value): FourierFT "
+            f"{files['fourierft_weights_h5_bytes']:,} B vs Keras LoRA r=8 `.lora.h5` {files['lora_r8_lora_h5_bytes']:,} B "
             f"(ratio {files['fourierft_over_lora']:.3f}); full model "
             f"{files['full_model_weights_h5_bytes']:,} B"
         )

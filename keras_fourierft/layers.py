@@ -9,7 +9,6 @@ from keras import ops
 
 from keras_fourierft import spectral
 
-COEFFICIENT_INITIALIZERS = ("normal", "zeros")
 ADAPTER_SETTINGS = (
     "n_frequency",
     "scaling",
@@ -304,7 +303,6 @@ class FourierDense(keras.layers.Layer):
             (view["in_features"], view["out_features"]),
         )
         self._plan = {key: ops.convert_to_tensor(value) for key, value in plan.items()}
-        self._full_output_shape = getattr(layer, "full_output_shape", None)
         kernel.trainable = False
         self._kernel = kernel
         self.bias = layer.bias
