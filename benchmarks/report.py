@@ -116,13 +116,15 @@ def micro_tables(folder):
                 f"| {case['fft_relative_error']:.1e} | {error} |"
             )
         files = data["adapter_files"]
+        fourier = f"{files['fourierft_weights_h5_bytes']:,} B"
+        lora = f"{files['lora_r8_lora_h5_bytes']:,} B"
+        full = f"{files['full_model_weights_h5_bytes']:,} B"
+        locations = data["locations_4096x4096_n1000_ms"]
         extra.append(
-            f"- {backend}: locations for 4096x4096, n=1000: "
-            f"{data['locations_4096x4096_n1000_ms']:.2f} ms; adapter files "
-            "(MiniLM-L6 query+value): FourierFT "
-            f"{files['fourierft_weights_h5_bytes']:,} B vs Keras LoRA r=8 `.lora.h5` {files['lora_r8_lora_h5_bytes']:,} B "
-            f"(ratio {files['fourierft_over_lora']:.3f}); full model "
-            f"{files['full_model_weights_h5_bytes']:,} B"
+            f"- {backend}: locations for 4096x4096, n=1000: {locations:.2f} ms; "
+            f"adapter files (MiniLM-L6 query+value): FourierFT {fourier} vs "
+            f"Keras LoRA r=8 `.lora.h5` {lora} (ratio "
+            f"{files['fourierft_over_lora']:.3f}); full model {full}"
         )
     return "\n".join(lines) + "\n\n" + "\n".join(extra)
 
