@@ -64,37 +64,24 @@ def test_locations_reject_bad_input(kwargs, message):
         frequency_locations(**args)
 
 
-def test_frequency_biased_favours_the_band():
-    locations = frequency_locations(
-        128,
-        128,
-        500,
-        seed=0,
-        sampling="frequency_biased",
-        center_frequency=10.0,
-        bandwidth=5.0,
+BIASED = {"sampling": "frequency_biased", "center_frequency": 10.0, "bandwidth": 5.0}
+
+
+def _distance_from_zero(locations, size):
+    return np.hypot(
+        np.minimum(locations[0], size - locations[0]),
+        np.minimum(locations[1], size - locations[1]),
     )
-    rows = np.minimum(locations[0], 128 - locations[0])
-    cols = np.minimum(locations[1], 128 - locations[1])
-    distance = np.sqrt(rows**2 + cols**2)
+
+
+def test_frequency_biased_favours_the_band():
+    locations = frequency_locations(128, 128, 500, seed=0, **BIASED)
     flat = locations[0] * 128 + locations[1]
     assert len(np.unique(flat)) == 500
-    assert abs(np.median(distance) - 10.0) < 3.0
+    assert abs(np.median(_distance_from_zero(locations, 128)) - 10.0) < 3.0
     uniform = frequency_locations(128, 128, 500, seed=0)
-    uniform_distance = np.hypot(
-        np.minimum(uniform[0], 128 - uniform[0]),
-        np.minimum(uniform[1], 128 - uniform[1]),
-    )
-    assert np.median(uniform_distance) > 30
-    again = frequency_locations(
-        128,
-        128,
-        500,
-        seed=0,
-        sampling="frequency_biased",
-        center_frequency=10.0,
-        bandwidth=5.0,
-    )
+    assert np.median(_distance_from_zero(uniform, 128)) > 30
+    again = frequency_locations(128, 128, 500, seed=0, **BIASED)
     np.testing.assert_array_equal(locations, again)
 
 

@@ -284,12 +284,7 @@ def test_real_minilm_fit_counts_and_adapter_size(tmp_path):
         optimizer=keras.optimizers.Adam(2e-3),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    rng = np.random.default_rng(0)
-    x = {
-        "token_ids": rng.integers(1000, 30000, size=(8, 8)).astype("int32"),
-        "segment_ids": np.zeros((8, 8), "int32"),
-        "padding_mask": np.ones((8, 8), "int32"),
-    }
+    x = models.bert_inputs(batch=8, length=8)
     before = ops.convert_to_numpy(fourier_layers(model)[0][1].coefficients).copy()
     history = model.fit(x, np.array([0, 1] * 4), epochs=2, batch_size=4, verbose=0)
     assert np.all(np.isfinite(history.history["loss"]))
