@@ -65,7 +65,7 @@ def report(name, results, output=None):
     return data
 
 
-def minilm_classifier(num_layers=6, hidden_dim=384, num_heads=12):
+def minilm_classifier(num_layers=6, hidden_dim=384, num_heads=12, dropout=0.1):
     """A randomly initialised KerasHub BERT classifier (MiniLM-L6 shapes)."""
     import keras
     import keras_hub
@@ -78,9 +78,10 @@ def minilm_classifier(num_layers=6, hidden_dim=384, num_heads=12):
         hidden_dim=hidden_dim,
         intermediate_dim=4 * hidden_dim,
         max_sequence_length=512,
+        dropout=dropout,
     )
     return keras_hub.models.BertTextClassifier(
-        backbone=backbone, num_classes=2, preprocessor=None
+        backbone=backbone, num_classes=2, preprocessor=None, dropout=dropout
     )
 
 

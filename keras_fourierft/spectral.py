@@ -5,6 +5,7 @@ the weight update is computed with `keras.ops` so that it runs on every
 backend and is differentiable with respect to the coefficients.
 """
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -229,6 +230,29 @@ def delta_from_plan(spectrum, plan, shape, scaling):
     Forward: a complex FFT over the half spectrum and an inverse real FFT.
     Backward: a real FFT and a complex FFT over the half spectrum, read at
     the locations. Both cost about half of a full complex 2-D FFT.
+
+    Args:
+        spectrum: Tensor of shape `(n,)`.
+        plan: The dict returned by `spectral_plan` (arrays or tensors).
+        shape: Tuple `(rows, columns)`.
+        scaling: Float, the factor `alpha`.
+
+    Returns:
+        A float32 tensor of `shape`.
+    """
+    if keras.backend.backend() == "torch":
+        from keras_fourierft import torch_ops
+
+        return torch_ops.delta_from_plan(spectrum, plan, shape, scaling)
+    return ops_delta_from_plan(spectrum, plan, shape, scaling)
+
+
+def ops_delta_from_plan(spectrum, plan, shape, scaling):
+    """`delta_from_plan` written with `keras.ops` only (any backend).
+
+    `delta_from_plan` uses it on TensorFlow and JAX; on torch it calls the
+    torch-native version instead, which computes the same values with less
+    per-op overhead.
 
     Args:
         spectrum: Tensor of shape `(n,)`.

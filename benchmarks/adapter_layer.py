@@ -1,0 +1,193 @@
+"""Adapter-layer benchmark: one adapted projection, forward + backward.
+
+Isolates the adapter from the model around it: a single `Dense` projection
+(d -> d, as BERT's query and value) on a batch of tokens, with the gradient
+taken with respect to the trainable weights *and* the input (as inside a
+network). Methods, timed interleaved, median of repeats:
+
+- `frozen`: the plain layer, frozen (gradient with respect to the input only);
+- `lora`: Keras LoRA r=8 (`Dense.enable_lora`);
+- `fourierft`: this package's `FourierDense`, n = 1000;
+- with `--with-peft` (torch backend): HF PEFT's LoRA r=8 and FourierFT
+  n = 1000 layers on a `torch.nn.Linear` of the same shape.
+
+Prints one JSON object with `fourierft_over_lora` and, with PEFT,
+`fourierft_over_peft_fourierft` per shape.
+
+Usage:
+    python benchmarks/adapter_layer.py --backend torch --with-peft
+    python benchmarks/adapter_layer.py --backend jax --quick
+"""
+
+import sys
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from common import select_backend  # noqa: E402
+
+select_backend(sys.argv)
+
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from common import report  # noqa: E402
+
+import keras_fourierft  # noqa: E402
+
+# (hidden size, batch, sequence length): MiniLM-L6 and BERT-base settings.
+SHAPES = {"minilm": (384, 32, 64), "bert-base": (768, 32, 128)}
+
+
+def keras_layer(method, dim, n_frequency, rank):
+    layer = keras.layers.Dense(dim)
+    layer.build((None, None, dim))
+    if method == "lora":
+        layer.enable_lora(rank)
+    elif method == "fourierft":
+        layer = keras_fourierft.FourierDense(layer, n_frequency=n_frequency)
+        layer.build((None, None, dim))
+    else:
+        layer.trainable = False
+    return layer
+
+
+def keras_step(layer, x, weight):
+    """Returns `step()`: loss = sum(layer(x) * weight), gradients w.r.t. the
+    trainable weights and `x`, compiled with the backend's compiler."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        @tf.function(jit_compile=False)
+        def step(x, weight):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = tf.reduce_sum(layer(x) * weight)
+            return tape.gradient(loss, [x] + layer.trainable_variables)
+
+        x, weight = tf.constant(x), tf.constant(weight)
+        return lambda: [g.numpy() for g in step(x, weight)]
+    if backend == "jax":
+        import jax
+
+        trainable = [v.value for v in layer.trainable_variables]
+        frozen = [v.value for v in layer.non_trainable_variables]
+
+        # Everything is an argument: closed-over arrays would be folded into
+        # constants at compile time.
+        def loss(trainable, x, frozen, weight):
+            y, _ = layer.stateless_call(trainable, frozen, x)
+            return (y * weight).sum()
+
+        grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+        x, weight = jax.numpy.asarray(x), jax.numpy.asarray(weight)
+        return lambda: jax.block_until_ready(grad(trainable, x, frozen, weight))
+    return torch_step(layer, x, weight)
+
+
+def torch_step(module, x, weight):
+    import torch
+
+    x = torch.as_tensor(x).requires_grad_(True)
+    weight = torch.as_tensor(weight)
+    parameters = [p for p in _torch_parameters(module) if p.requires_grad]
+
+    def step():
+        loss = (module(x) * weight).sum()
+        return torch.autograd.grad(loss, [x] + parameters)
+
+    return step
+
+
+def _torch_parameters(module):
+    if isinstance(module, keras.layers.Layer):
+        return [v.value for v in module.trainable_variables]
+    return list(module.parameters())
+
+
+def peft_layer(method, dim, n_frequency, rank):
+    import peft
+    import torch
+
+    class Projection(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.projection = torch.nn.Linear(dim, dim)
+
+        def forward(self, x):
+            return self.projection(x)
+
+    if method == "peft_lora":
+        config = peft.LoraConfig(r=rank, lora_alpha=rank, target_modules=["projection"])
+    else:
+        config = peft.FourierFTConfig(
+            n_frequency=n_frequency, scaling=150.0, target_modules=["projection"]
+        )
+    model = peft.get_peft_model(Projection(), config)
+    return model.base_model.model
+
+
+def shape_case(name, args):
+    dim, batch, length = SHAPES[name]
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(batch, length, dim)).astype("float32")
+    weight = rng.normal(size=(batch, length, dim)).astype("float32")
+    methods = ["frozen", "lora", "fourierft"]
+    if args.with_peft:
+        methods += ["peft_lora", "peft_fourierft"]
+    steps = {}
+    for method in methods:
+        if method.startswith("peft"):
+            layer = peft_layer(method, dim, args.n_frequency, args.lora_rank)
+            steps[method] = torch_step(layer, x, weight)
+        else:
+            layer = keras_layer(method, dim, args.n_frequency, args.lora_rank)
+            steps[method] = keras_step(layer, x, weight)
+    for step in steps.values():
+        for _ in range(args.warmup):
+            step()
+    samples = {method: [] for method in methods}
+    for _ in range(args.repeats):
+        for method in methods:
+            start = time.perf_counter()
+            for _ in range(args.number):
+                steps[method]()
+            elapsed = (time.perf_counter() - start) / args.number
+            samples[method].append(elapsed * 1000.0)
+    times = {method: statistics.median(samples[method]) for method in methods}
+    result = {"hidden": dim, "tokens": batch * length, "median_ms": times}
+    result["fourierft_over_lora"] = times["fourierft"] / times["lora"]
+    if args.with_peft:
+        result["fourierft_over_peft_fourierft"] = (
+            times["fourierft"] / times["peft_fourierft"]
+        )
+        result["peft_fourierft_over_peft_lora"] = (
+            times["peft_fourierft"] / times["peft_lora"]
+        )
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backend")
+    parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES))
+    parser.add_argument("--n-frequency", type=int, default=1000)
+    parser.add_argument("--lora-rank", type=int, default=8)
+    parser.add_argument("--with-peft", action="store_true")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--output")
+    args = parser.parse_args()
+    if args.with_peft and keras.backend.backend() != "torch":
+        parser.error("--with-peft needs --backend torch")
+    args.shapes = args.shapes or ["minilm", "bert-base"]
+    args.repeats, args.number, args.warmup = (5, 2, 2) if args.quick else (21, 3, 5)
+    cases = [shape_case(name, args) for name in args.shapes]
+    report(
+        "adapter_layer", {"n_frequency": args.n_frequency, "cases": cases}, args.output
+    )
+
+
+if __name__ == "__main__":
+    main()
