@@ -5,6 +5,9 @@ from keras_fourierft.adapters import save_fourierft_weights
 from keras_fourierft.callbacks import FourierFTCheckpoint
 from keras_fourierft.layers import FourierDense
 from keras_fourierft.layers import kernel_view
+from keras_fourierft.peft import load_peft_adapter
+from keras_fourierft.peft import read_peft_adapter
+from keras_fourierft.peft import save_peft_adapter
 from keras_fourierft.saving import load_model
 from keras_fourierft.spectral import frequency_locations
 from keras_fourierft.spectral import spectral_delta

@@ -57,14 +57,30 @@ def save_fourierft_weights(model, filepath, include_trainable_weights=False):
             "`enable_fourierft` first."
         )
     extra = _other_trainable(model) if include_trainable_weights else []
+
+    def write(temporary):
+        with h5py.File(temporary, "w") as file:
+            _write(file, layers, extra)
+
+    write_atomically(filepath, write)
+
+
+def write_atomically(filepath, write):
+    """Writes a file under a temporary name, then renames it over `filepath`.
+
+    A failure at any point leaves a previous file at `filepath` untouched.
+
+    Args:
+        filepath: The final path.
+        write: A function of the temporary path that writes the file.
+    """
     folder = os.path.dirname(os.path.abspath(filepath))
     handle, temporary = tempfile.mkstemp(
         prefix=os.path.basename(filepath) + ".", suffix=".tmp", dir=folder
     )
     os.close(handle)
     try:
-        with h5py.File(temporary, "w") as file:
-            _write(file, layers, extra)
+        write(temporary)
         os.replace(temporary, filepath)
     finally:
         if os.path.exists(temporary):
@@ -95,16 +111,32 @@ def load_fourierft_weights(model, filepath):
     ```
     """
     content = read_adapter_file(filepath)
+    apply_adapter(model, content["layers"], content["extra"])
+
+
+def apply_adapter(model, entries, extra=()):
+    """Checks adapter entries against a model, then loads them.
+
+    All checks run before any weight changes, so on a mismatch the model is
+    left exactly as it was. A model without adapters is enabled first.
+
+    Args:
+        model: A Keras model.
+        entries: A list of dicts, one per adapted layer in the order of
+            `fourier_layers`: `path`, `in_features`, `out_features`, the
+            `ADAPTER_SETTINGS` and `spectrum` (the effective coefficients).
+        extra: A list of `(variable path, array)` for other weights.
+    """
     if fourier_layers(model):
-        _check_layers(model, content["layers"])
+        _check_layers(model, entries)
     else:
-        _check_enableable(model, content["layers"])
-    extra = _match_extra(model, content["extra"])
+        _check_enableable(model, entries)
+    matched = _match_extra(model, list(extra))
     if not fourier_layers(model):
-        _enable_from(model, content["layers"])
-    for (_, layer), entry in zip(fourier_layers(model), content["layers"], strict=True):
+        _enable_from(model, entries)
+    for (_, layer), entry in zip(fourier_layers(model), entries, strict=True):
         layer.set_spectrum(entry["spectrum"])
-    for variable, value in extra:
+    for variable, value in matched:
         variable.assign(value)
 
 

@@ -1,0 +1,408 @@
+"""Hugging Face PEFT FourierFT adapters: load them into Keras models, and back.
+
+A PEFT FourierFT adapter is a folder with `adapter_config.json` and
+`adapter_model.safetensors`, which holds one `fourierft_spectrum` (n float32
+values) per adapted torch module; the locations are regenerated from
+`random_loc_seed`. This package draws the same locations for the same seed
+and 2-D shape and computes the same delta_W, so an adapter moves between the
+two by renaming its modules: transformers' BERT module paths map to KerasHub
+layer paths by `BERT_LAYER_MAP` (or a `layer_map` of your own).
+"""
+
+import json
+import os
+import re
+
+import safetensors.numpy
+from keras import ops
+
+from keras_fourierft.adapters import apply_adapter
+from keras_fourierft.adapters import write_atomically
+from keras_fourierft.layers import kernel_view
+from keras_fourierft.surgery import fourier_layers
+from keras_fourierft.surgery import walk_layers
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+_KEY_PREFIX = "base_model.model."
+_KEY_SUFFIX = ".fourierft_spectrum"
+
+# transformers' BERT/RoBERTa module paths and the KerasHub layer paths they
+# correspond to; `{i}` is a block index, `{name:a|b}` one of the names listed.
+BERT_LAYER_MAP = (
+    (
+        "encoder.layer.{i}.attention.self.{name:query|key|value}",
+        "transformer_layer_{i}/self_attention_layer/{name:query|key|value}",
+    ),
+    (
+        "encoder.layer.{i}.attention.output.dense",
+        "transformer_layer_{i}/self_attention_layer/attention_output",
+    ),
+    (
+        "encoder.layer.{i}.intermediate.dense",
+        "transformer_layer_{i}/feedforward_intermediate_dense",
+    ),
+    (
+        "encoder.layer.{i}.output.dense",
+        "transformer_layer_{i}/feedforward_output_dense",
+    ),
+    ("pooler.dense", "pooled_dense"),
+)
+
+
+def load_peft_adapter(model, path, layer_map=None, spectra_only=False):
+    """Loads a Hugging Face PEFT FourierFT adapter into a Keras model.
+
+    The adapter's modules are mapped to the model's layers (transformers'
+    BERT names to KerasHub's by default), and everything is checked before
+    any weight changes: the file format, that every module maps to exactly
+    one `Dense`/`EinsumDense` layer of the model, the number of coefficients
+    per module (PEFT's `n_frequency` and `n_frequency_pattern`) and, for an
+    already adapted model, that its adapted layers and settings are the
+    adapter's. A model without adapters is enabled with the adapter's
+    settings. On any mismatch a `ValueError` says what differs and the model
+    is left as it was. The result computes what PEFT computes.
+
+    Args:
+        model: A Keras model with the architecture the adapter was trained
+            on, its pretrained weights loaded.
+        path: The adapter folder (as written by PEFT's `save_pretrained`).
+        layer_map: Optional dict from PEFT module path (e.g.
+            `"encoder.layer.0.attention.self.query"`) to the model's layer
+            path (as `walk_layers` lists it); `None` uses `BERT_LAYER_MAP`.
+        spectra_only: If True, load only the FourierFT spectra of an adapter
+            that also stores other weights (trained biases or
+            `modules_to_save`, such as a task head), which cannot be mapped
+            to Keras layers; by default such an adapter is refused.
+
+    Example:
+
+    ```python
+    backbone = keras_hub.models.BertBackbone.from_preset(preset)
+    keras_fourierft.load_peft_adapter(backbone, "my-peft-adapter/")
+    ```
+    """
+    adapter = read_peft_adapter(path)
+    if adapter["other_keys"] and not spectra_only:
+        raise ValueError(
+            f"The PEFT adapter at {os.fspath(path)!r} also stores weights "
+            f"other than FourierFT spectra ({_preview(adapter['other_keys'])}), "
+            "e.g. trained biases or `modules_to_save`, which cannot be mapped "
+            "to Keras layers. Pass `spectra_only=True` to load the spectra "
+            "alone."
+        )
+    config = adapter["config"]
+    layers = {layer_path: layer for layer_path, layer in walk_layers(model)}
+    targets = {}
+    for module, spectrum in adapter["spectra"].items():
+        layer_path = _keras_path(module, layer_map, layers, model)
+        if layer_path in targets:
+            raise ValueError(
+                f"PEFT modules {targets[layer_path][0]!r} and {module!r} both "
+                f"map to layer {layer_path!r}. Pass a `layer_map`."
+            )
+        targets[layer_path] = (module, spectrum)
+    entries = [
+        _entry(layer_path, layers[layer_path], *targets[layer_path], config)
+        for layer_path in layers
+        if layer_path in targets
+    ]
+    apply_adapter(model, entries)
+
+
+def read_peft_adapter(path):
+    """Reads and checks a PEFT FourierFT adapter folder without any model.
+
+    Args:
+        path: The adapter folder.
+
+    Returns:
+        A dict with `config` (the parsed `adapter_config.json`), `spectra`
+        (PEFT module path -> float32 array, with no `base_model.model.`
+        prefix) and `other_keys` (stored tensors that are not spectra).
+    """
+    path = os.fspath(path)
+    config_path = os.path.join(path, CONFIG_NAME)
+    weights_path = os.path.join(path, WEIGHTS_NAME)
+    for required in (config_path, weights_path):
+        if not os.path.isfile(required):
+            raise FileNotFoundError(
+                f"No {os.path.basename(required)} in {path!r}: pass the folder "
+                "that PEFT's `save_pretrained` wrote (safetensors format)."
+            )
+    config = _read_config(config_path)
+    try:
+        tensors = safetensors.numpy.load_file(weights_path)
+    except Exception as error:  # noqa: BLE001 - any parse failure means damage
+        raise ValueError(
+            f"Cannot read {weights_path!r}: {error}. The file is damaged or "
+            "not a safetensors file."
+        ) from None
+    spectra, other_keys = {}, []
+    for key, value in tensors.items():
+        if not key.endswith(_KEY_SUFFIX):
+            other_keys.append(key)
+            continue
+        module = key[: -len(_KEY_SUFFIX)].removeprefix(_KEY_PREFIX)
+        expected = _peft_n_frequency(config, module)
+        if value.shape != (expected,):
+            raise ValueError(
+                f"{weights_path!r} is inconsistent with its config: module "
+                f"{module!r} stores a spectrum of shape {value.shape}, the "
+                f"config gives n_frequency={expected}."
+            )
+        spectra[module] = value.astype("float32")
+    if not spectra:
+        raise ValueError(f"{weights_path!r} holds no FourierFT spectra.")
+    return {"config": config, "spectra": spectra, "other_keys": sorted(other_keys)}
+
+
+def save_peft_adapter(
+    model, path, layer_map=None, module_prefix="", base_model_name_or_path=None
+):
+    """Saves a model's FourierFT adapter as a Hugging Face PEFT adapter.
+
+    Writes `adapter_config.json` and `adapter_model.safetensors` into the
+    folder `path` (created if needed), which PEFT's
+    `PeftModel.from_pretrained` loads into the matching transformers model.
+    Layer paths become PEFT module paths by `BERT_LAYER_MAP` (or the
+    inverse of `layer_map`), prefixed with `module_prefix` (e.g. `"bert."`
+    for a `BertForSequenceClassification`). `target_modules` lists the
+    exact modules, so PEFT adapts those and no others. Each file is written
+    under a temporary name and renamed into place.
+
+    Only the spectra are stored, as in PEFT with `bias="none"`: a task head
+    is not part of the file, and a model whose adapted layers train their
+    biases is refused (PEFT's file could not hold them; use
+    `save_fourierft_weights(..., include_trainable_weights=True)`).
+
+    Args:
+        model: A model adapted with `enable_fourierft` (uniform sampling, one
+            `scaling` and seed for all layers, as PEFT requires).
+        path: The folder to write.
+        layer_map: Optional dict from PEFT module path to layer path, as for
+            `load_peft_adapter`.
+        module_prefix: String put before every module path.
+        base_model_name_or_path: Optional string recorded in the config.
+
+    Example:
+
+    ```python
+    keras_fourierft.save_peft_adapter(backbone, "my-peft-adapter/")
+    ```
+    """
+    layers = fourier_layers(model)
+    if not layers:
+        raise ValueError(
+            f"Model {model.name!r} has no FourierFT adapters to save. Call "
+            "`enable_fourierft` first."
+        )
+    _check_exportable(layers)
+    inverse = None if layer_map is None else {v: k for k, v in layer_map.items()}
+    modules = [module_prefix + _peft_path(p, inverse) for p, _ in layers]
+    counts = [layer.n_frequency for _, layer in layers]
+    default = max(set(counts), key=counts.count)
+    first = layers[0][1]
+    config = {
+        "peft_type": "FOURIERFT",
+        "task_type": None,
+        "base_model_name_or_path": base_model_name_or_path,
+        "inference_mode": True,
+        "n_frequency": default,
+        "scaling": float(first.scaling),
+        "random_loc_seed": int(first.seed),
+        "target_modules": modules,
+        "n_frequency_pattern": {
+            _pattern_key(module): n
+            for module, n in zip(modules, counts, strict=True)
+            if n != default
+        },
+        "init_weights": False,
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "modules_to_save": None,
+        "layers_to_transform": None,
+        "layers_pattern": None,
+        "exclude_modules": None,
+        "revision": None,
+    }
+    tensors = {
+        _KEY_PREFIX + module + _KEY_SUFFIX: ops.convert_to_numpy(layer.spectrum)
+        for module, (_, layer) in zip(modules, layers, strict=True)
+    }
+    os.makedirs(path, exist_ok=True)
+    write_atomically(
+        os.path.join(path, WEIGHTS_NAME),
+        lambda temporary: safetensors.numpy.save_file(
+            tensors, temporary, metadata={"format": "pt"}
+        ),
+    )
+    write_atomically(
+        os.path.join(path, CONFIG_NAME),
+        lambda temporary: _write_json(temporary, config),
+    )
+
+
+def _read_config(config_path):
+    try:
+        with open(config_path, encoding="utf-8") as file:
+            config = json.load(file)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"Cannot read {config_path!r}: {error}.") from None
+    if not isinstance(config, dict) or config.get("peft_type") != "FOURIERFT":
+        found = config.get("peft_type") if isinstance(config, dict) else None
+        raise ValueError(
+            f"{config_path!r} is not a FourierFT adapter (peft_type={found!r}); "
+            "only PEFT FourierFT adapters can be loaded."
+        )
+    for field in ("n_frequency", "scaling", "random_loc_seed"):
+        if field not in config:
+            raise ValueError(f"{config_path!r} lacks the field {field!r}.")
+    return config
+
+
+def _peft_n_frequency(config, module):
+    """PEFT's rule: the first `n_frequency_pattern` key that ends the module
+    path (after a dot) sets its n; otherwise `n_frequency`."""
+    pattern = config.get("n_frequency_pattern") or {}
+    for key, value in pattern.items():
+        if re.match(rf".*\.{key}$", module):
+            return int(value)
+    return int(pattern.get(module, config["n_frequency"]))
+
+
+def _pattern_key(module):
+    # PEFT matches keys with `.*\.{key}$`, so a key needs a dot before it.
+    if "." not in module:
+        raise ValueError(
+            f"PEFT cannot give module {module!r} its own n_frequency (its "
+            "`n_frequency_pattern` keys must follow a dot). Use the same "
+            "n_frequency for all layers or pass a `module_prefix`."
+        )
+    return module.split(".", 1)[1]
+
+
+def _entry(layer_path, layer, module, spectrum, config):
+    kernel = getattr(layer, "kernel", None)
+    if kernel is None:
+        raise ValueError(
+            f"PEFT module {module!r} maps to layer {layer_path!r}, which is "
+            "not a built Dense/EinsumDense."
+        )
+    view = kernel_view(layer, kernel.shape)
+    size = view["in_features"] * view["out_features"]
+    if spectrum.shape[0] > size:
+        raise ValueError(
+            f"PEFT module {module!r} has {spectrum.shape[0]} coefficients but "
+            f"layer {layer_path!r} has only {size} weights: the layer map "
+            "pairs it with a layer of another shape."
+        )
+    return {
+        "path": layer_path,
+        "in_features": view["in_features"],
+        "out_features": view["out_features"],
+        "n_frequency": int(spectrum.shape[0]),
+        "scaling": float(config["scaling"]),
+        "seed": int(config["random_loc_seed"]),
+        "sampling": "uniform",
+        "center_frequency": None,
+        "bandwidth": None,
+        "spectrum": spectrum,
+    }
+
+
+def _keras_path(module, layer_map, layers, model):
+    if layer_map is not None:
+        if module not in layer_map:
+            raise ValueError(f"`layer_map` has no entry for PEFT module {module!r}.")
+        wanted = layer_map[module]
+    else:
+        wanted = _translate(module, BERT_LAYER_MAP, separator=".")
+        if wanted is None:
+            raise ValueError(
+                f"PEFT module {module!r} has no known KerasHub counterpart. "
+                "Pass `layer_map={peft_module_path: layer_path}` (layer paths "
+                "as `keras_fourierft.walk_layers(model)` lists them)."
+            )
+    found = [p for p in layers if p == wanted or p.endswith("/" + wanted)]
+    if len(found) != 1:
+        what = "no layer" if not found else f"several layers ({found})"
+        raise ValueError(
+            f"PEFT module {module!r} maps to {wanted!r}, but model "
+            f"{model.name!r} has {what} at that path."
+        )
+    return found[0]
+
+
+def _peft_path(layer_path, inverse):
+    if inverse is not None:
+        if layer_path not in inverse:
+            raise ValueError(f"`layer_map` has no entry for layer {layer_path!r}.")
+        return inverse[layer_path]
+    flipped = tuple((keras, peft) for peft, keras in BERT_LAYER_MAP)
+    module = _translate(layer_path, flipped, separator="/")
+    if module is None:
+        raise ValueError(
+            f"Layer {layer_path!r} has no known PEFT module name. Pass "
+            "`layer_map={peft_module_path: layer_path}`."
+        )
+    return module
+
+
+def _translate(path, table, separator):
+    """Rewrites the end of `path` by the first matching template pair."""
+    for source, target in table:
+        match = re.fullmatch(
+            rf"(?:.*{re.escape(separator)})?{_template_regex(source)}", path
+        )
+        if match:
+            return _fill(target, match.groupdict())
+    return None
+
+
+def _template_regex(template):
+    """`a.{i}.{name:x|y}` -> a regex with named groups `i` and `name`."""
+    pattern, position = "", 0
+    for match in re.finditer(r"\{(\w+)(?::([^}]*))?\}", template):
+        pattern += re.escape(template[position : match.start()])
+        choices = match.group(2) or r"\d+"
+        pattern += f"(?P<{match.group(1)}>{choices})"
+        position = match.end()
+    return pattern + re.escape(template[position:])
+
+
+def _fill(template, values):
+    return re.sub(r"\{(\w+)(?::[^}]*)?\}", lambda m: values[m.group(1)], template)
+
+
+def _check_exportable(layers):
+    settings = {(float(layer.scaling), int(layer.seed)) for _, layer in layers}
+    if len(settings) > 1:
+        raise ValueError(
+            "PEFT adapters have one `scaling` and one seed for all layers; "
+            f"this model's adapters use {sorted(settings)}."
+        )
+    for layer_path, layer in layers:
+        if layer.sampling != "uniform":
+            raise ValueError(
+                f"Layer {layer_path!r} uses sampling={layer.sampling!r}; PEFT "
+                "only knows uniform locations. Save it with "
+                "`save_fourierft_weights` instead."
+            )
+        if layer.bias is not None and layer.bias.trainable:
+            raise ValueError(
+                f"Layer {layer_path!r} trains its bias, which a PEFT FourierFT "
+                "adapter file cannot hold. Save it with "
+                "`save_fourierft_weights(..., include_trainable_weights=True)`."
+            )
+
+
+def _preview(keys):
+    shown = ", ".join(repr(key) for key in keys[:3])
+    return shown + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+
+def _write_json(path, data):
+    with open(path, "w", encoding="utf-8") as file:
+        json.dump(data, file, indent=2, sort_keys=True)
+        file.write("\n")

