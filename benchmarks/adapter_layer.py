@@ -90,13 +90,19 @@ def keras_step(layer, x, weight):
 def torch_step(module, x, weight):
     import torch
 
-    x = torch.as_tensor(x).requires_grad_(True)
-    weight = torch.as_tensor(weight)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if isinstance(module, torch.nn.Module):
+        module.to(device)
+    x = torch.as_tensor(x, device=device).requires_grad_(True)
+    weight = torch.as_tensor(weight, device=device)
     parameters = [p for p in _torch_parameters(module) if p.requires_grad]
 
     def step():
         loss = (module(x) * weight).sum()
-        return torch.autograd.grad(loss, [x] + parameters)
+        grads = torch.autograd.grad(loss, [x] + parameters)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return grads
 
     return step
 
