@@ -120,6 +120,13 @@ def read_peft_adapter(path):
         A dict with `config` (the parsed `adapter_config.json`), `spectra`
         (PEFT module path -> float32 array, with no `base_model.model.`
         prefix) and `other_keys` (stored tensors that are not spectra).
+
+    Example:
+
+    ```python
+    adapter = keras_fourierft.read_peft_adapter("my-peft-adapter/")
+    sorted(adapter["spectra"])  # the adapted modules
+    ```
     """
     path = os.fspath(path)
     config_path = os.path.join(path, CONFIG_NAME)

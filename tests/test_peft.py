@@ -267,3 +267,22 @@ def test_failed_save_keeps_previous_files(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         save_peft_adapter(model, folder)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_loads_into_a_task_model(tmp_path):
+    folder = _small_peft_adapter(tmp_path)
+    model = models.bert_classifier()
+    load_peft_adapter(model, folder)
+    paths = [path for path, _ in fourier_layers(model)]
+    assert paths == [
+        f"bert_backbone/transformer_layer_{i}/self_attention_layer/{name}"
+        for i in (0, 1)
+        for name in ("query", "value")
+    ]
+    spectra = read_peft_adapter(folder)["spectra"]
+    layer = fourier_layers(model)[3][1]
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(layer.spectrum),
+        spectra["encoder.layer.1.attention.self.value"],
+        rtol=1e-6,
+    )
