@@ -89,7 +89,7 @@ def _fresh_bert():
 
 
 def test_round_trip_with_blocks_and_n_frequency_pattern(tmp_path):
-    model = _adapted_bert(
+    settings = dict(
         n_frequency=20,
         scaling=30.0,
         seed=5,
@@ -97,6 +97,7 @@ def test_round_trip_with_blocks_and_n_frequency_pattern(tmp_path):
         blocks=[1],
         n_frequency_pattern={"feedforward_output_dense": 40},
     )
+    model = _adapted_bert(**settings)
     x = models.bert_inputs()
     expected = _sequence_output(model, x)
     save_peft_adapter(model, tmp_path)
@@ -117,14 +118,7 @@ def test_round_trip_with_blocks_and_n_frequency_pattern(tmp_path):
     load_peft_adapter(fresh, tmp_path)
     np.testing.assert_allclose(_sequence_output(fresh, x), expected, atol=1e-5)
     # Into a model adapted the same way: swaps the spectra.
-    same = _adapted_bert(
-        n_frequency=20,
-        scaling=30.0,
-        seed=5,
-        target_layer_names=["query", "value", "feedforward_output_dense"],
-        blocks=[1],
-        n_frequency_pattern={"feedforward_output_dense": 40},
-    )
+    same = _adapted_bert(**settings)
     for _, layer in fourier_layers(same):
         layer.set_spectrum(np.zeros(layer.n_frequency))
     load_peft_adapter(same, tmp_path)
