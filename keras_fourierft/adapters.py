@@ -277,14 +277,7 @@ def _check_enableable(model, entries):
                 f"The adapter file adapts layer {entry['path']!r}, which model "
                 f"{model.name!r} does not have."
             )
-        kernel = getattr(layer, "kernel", None)
-        if kernel is None:
-            raise ValueError(
-                f"Layer {entry['path']!r} of model {model.name!r} is not a "
-                "built Dense/EinsumDense."
-            )
-        view = kernel_view(layer, kernel.shape)
-        shape = (view["in_features"], view["out_features"])
+        shape = weight_shape(layer, f"Layer {entry['path']!r} of model {model.name!r}")
         if shape != (entry["in_features"], entry["out_features"]):
             raise ValueError(
                 f"Layer {entry['path']!r}: the adapter file expects a "
@@ -300,6 +293,23 @@ def _check_enableable(model, entries):
             "The adapter file mixes scaling/seed/sampling settings across "
             "layers; enable FourierFT on the model yourself, then load it."
         )
+
+
+def weight_shape(layer, description):
+    """`(in_features, out_features)` of a built `Dense`/`EinsumDense`.
+
+    Args:
+        layer: A Keras layer.
+        description: How an error message names the layer.
+
+    Returns:
+        A tuple of two integers, the 2-D view of the layer's kernel.
+    """
+    kernel = getattr(layer, "kernel", None)
+    if kernel is None:
+        raise ValueError(f"{description} is not a built Dense/EinsumDense.")
+    view = kernel_view(layer, kernel.shape)
+    return view["in_features"], view["out_features"]
 
 
 def _enable_from(model, entries):

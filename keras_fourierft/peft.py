@@ -17,8 +17,8 @@ import safetensors.numpy
 from keras import ops
 
 from keras_fourierft.adapters import apply_adapter
+from keras_fourierft.adapters import weight_shape
 from keras_fourierft.adapters import write_atomically
-from keras_fourierft.layers import kernel_view
 from keras_fourierft.surgery import fourier_layers
 from keras_fourierft.surgery import walk_layers
 
@@ -290,14 +290,10 @@ def _pattern_key(module):
 
 
 def _entry(layer_path, layer, module, spectrum, config):
-    kernel = getattr(layer, "kernel", None)
-    if kernel is None:
-        raise ValueError(
-            f"PEFT module {module!r} maps to layer {layer_path!r}, which is "
-            "not a built Dense/EinsumDense."
-        )
-    view = kernel_view(layer, kernel.shape)
-    size = view["in_features"] * view["out_features"]
+    in_features, out_features = weight_shape(
+        layer, f"Layer {layer_path!r} (for PEFT module {module!r})"
+    )
+    size = in_features * out_features
     if spectrum.shape[0] > size:
         raise ValueError(
             f"PEFT module {module!r} has {spectrum.shape[0]} coefficients but "
@@ -306,8 +302,8 @@ def _entry(layer_path, layer, module, spectrum, config):
         )
     return {
         "path": layer_path,
-        "in_features": view["in_features"],
-        "out_features": view["out_features"],
+        "in_features": in_features,
+        "out_features": out_features,
         "n_frequency": int(spectrum.shape[0]),
         "scaling": float(config["scaling"]),
         "seed": int(config["random_loc_seed"]),

@@ -280,3 +280,22 @@ def test_loads_into_a_task_model(tmp_path):
         spectra["encoder.layer.1.attention.self.value"],
         rtol=1e-6,
     )
+
+
+def test_layer_map_to_a_layer_without_kernel_is_refused(tmp_path):
+    folder = _small_peft_adapter(tmp_path)
+    layer_map = {
+        f"encoder.layer.{i}.attention.self.{name}": (
+            f"transformer_layer_{i}/self_attention_layer/{name}"
+        )
+        for i in (0, 1)
+        for name in ("query", "value")
+    }
+    layer_map["encoder.layer.0.attention.self.query"] = (
+        "transformer_layer_0/feedforward_layer_norm"
+    )
+    model = _fresh_bert()
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="not a built Dense/EinsumDense"):
+        load_peft_adapter(model, folder, layer_map=layer_map)
+    assert_same_weights(before, snapshot(model))
