@@ -46,8 +46,7 @@ def keras_layer(method, dim, n_frequency, rank):
     if method == "lora":
         layer.enable_lora(rank)
     elif method == "fourierft":
-        layer = keras_fourierft.FourierDense(layer, n_frequency=n_frequency)
-        layer.build((None, None, dim))
+        keras_fourierft.adapt_layer(layer, n_frequency=n_frequency)
     else:
         layer.trainable = False
     return layer

@@ -6,10 +6,12 @@ import re
 import tempfile
 
 import h5py
+import keras
 import numpy as np
 from keras import ops
 
 from keras_fourierft.layers import ADAPTER_SETTINGS
+from keras_fourierft.layers import float_kernel_shape
 from keras_fourierft.layers import kernel_view
 from keras_fourierft.surgery import enable_fourierft
 from keras_fourierft.surgery import fourier_layers
@@ -305,10 +307,10 @@ def weight_shape(layer, description):
     Returns:
         A tuple of two integers, the 2-D view of the layer's kernel.
     """
-    kernel = getattr(layer, "kernel", None)
-    if kernel is None:
+    is_linear = isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense))
+    if not is_linear or not layer.built:
         raise ValueError(f"{description} is not a built Dense/EinsumDense.")
-    view = kernel_view(layer, kernel.shape)
+    view = kernel_view(layer, float_kernel_shape(layer))
     return view["in_features"], view["out_features"]
 
 

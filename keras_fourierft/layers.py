@@ -1,22 +1,31 @@
-"""`FourierDense`: a frozen Dense/EinsumDense adapted by FourierFT."""
+"""FourierFT layers: `Dense` and `EinsumDense` adapted in place.
 
+`FourierDense` and `FourierEinsumDense` are the Keras layers with a frozen
+kernel and `n_frequency` trainable spectral coefficients. A built `Dense` or
+`EinsumDense` becomes one in place with `adapt_layer` (what
+`enable_fourierft` does to every target), the way `Dense.enable_lora` adapts
+a layer: the same object, its name, variables, variable paths and place in
+the model stay as they were; a `coefficients` variable is added and `call`
+adds the update.
+"""
+
+import hashlib
 import json
 import math
+import os
 
 import keras
 import numpy as np
 from keras import ops
 
+from keras_fourierft import keras_internals
 from keras_fourierft import spectral
+from keras_fourierft.config import SPECTRUM_FIELDS
+from keras_fourierft.config import FourierFTConfig
 
-ADAPTER_SETTINGS = (
-    "n_frequency",
-    "scaling",
-    "seed",
-    "sampling",
-    "center_frequency",
-    "bandwidth",
-)
+# Settings that define an adapter's spectrum (kept for compatibility).
+ADAPTER_SETTINGS = SPECTRUM_FIELDS
+QUANTIZATION_MODES = (None, "int8", "int4", "float8")
 
 
 def kernel_view(layer_or_equation, kernel_shape):
@@ -33,7 +42,8 @@ def kernel_view(layer_or_equation, kernel_shape):
 
     Args:
         layer_or_equation: A `Dense` layer, an `EinsumDense` layer, or an
-            einsum equation string such as `"abc,cde->abde"`.
+            einsum equation string such as `"abc,cde->abde"` (None for a
+            `Dense` kernel).
         kernel_shape: Tuple, the kernel's shape.
 
     Returns:
@@ -67,7 +77,7 @@ def kernel_view(layer_or_equation, kernel_shape):
     }
 
 
-def _einsum_feature_axes(equation):
+def _split_equation(equation):
     try:
         operands, output = equation.replace(" ", "").split("->")
         input_term, kernel_term = operands.split(",")
@@ -76,6 +86,11 @@ def _einsum_feature_axes(equation):
             f"Cannot read the einsum equation {equation!r}: expected the form "
             "'<input>,<kernel>-><output>'."
         ) from None
+    return input_term, kernel_term, output
+
+
+def _einsum_feature_axes(equation):
+    input_term, kernel_term, output = _split_equation(equation)
     input_term = input_term.replace("...", "")
     output = output.replace("...", "")
     input_axes, output_axes = [], []
@@ -97,152 +112,312 @@ def _einsum_feature_axes(equation):
             f"The einsum equation {equation!r} has no input or no output "
             "feature axis in its kernel; FourierFT needs both."
         )
+    for letter in input_term:
+        if letter not in kernel_term and letter not in output:
+            raise ValueError(
+                f"The einsum equation {equation!r} sums over input axis "
+                f"{letter!r}, which is not a kernel axis; FourierFT cannot "
+                "apply its update to such a layer."
+            )
     return input_axes, output_axes
 
 
-def check_wrappable(layer):
-    if isinstance(layer, FourierDense):
+class _RowLayout:
+    """Moves an einsum input to `(tokens, d1)` rows and `(tokens, d2)` back.
+
+    Token axes are the input axes that are not kernel axes; features are
+    flattened in the kernel's axis order, as `kernel_view` does.
+    """
+
+    def __init__(self, equation, kernel_shape, rank):
+        input_term, kernel_term, output = _split_equation(equation)
+        if "..." in input_term:
+            extra = rank - len(input_term.replace("...", ""))
+            fill = "".join(chr(ord("A") + i) for i in range(extra))
+            input_term = input_term.replace("...", fill)
+            output = output.replace("...", fill)
+        tokens = [letter for letter in input_term if letter not in kernel_term]
+        features_in = [letter for letter in kernel_term if letter in input_term]
+        features_out = [letter for letter in kernel_term if letter in output]
+        sizes = dict(zip(kernel_term, kernel_shape, strict=True))
+        self.input_permutation = [
+            input_term.index(letter) for letter in tokens + features_in
+        ]
+        self.token_count = len(tokens)
+        self.output_sizes = [sizes[letter] for letter in features_out]
+        current = tokens + features_out
+        self.output_permutation = [current.index(letter) for letter in output]
+
+    def to_rows(self, inputs, in_features):
+        x = _transpose(inputs, self.input_permutation)
+        token_shape = ops.shape(x)[: self.token_count]
+        return ops.reshape(x, (-1, in_features)), token_shape
+
+    def from_rows(self, rows, token_shape):
+        y = ops.reshape(rows, tuple(token_shape) + tuple(self.output_sizes))
+        return _transpose(y, self.output_permutation)
+
+
+def _transpose(x, permutation):
+    if list(permutation) == sorted(permutation):
+        return x
+    return ops.transpose(x, permutation)
+
+
+def float_kernel_shape(layer):
+    """The shape of a layer's kernel in float, also when it is quantized.
+
+    Args:
+        layer: A built `Dense` or `EinsumDense`.
+
+    Returns:
+        A tuple of integers.
+    """
+    if isinstance(layer, keras.layers.EinsumDense):
+        shape = getattr(layer, "original_kernel_shape", None)
+        if shape is not None:
+            return tuple(int(d) for d in shape)
+    elif layer.quantization_mode == "int4":
+        return (int(layer._kernel.shape[0]), int(layer.units))
+    return tuple(int(d) for d in layer._kernel.shape)
+
+
+def check_adaptable(layer):
+    """Raises a clear error if `layer` cannot be adapted in place.
+
+    Args:
+        layer: Any Keras layer.
+    """
+    if isinstance(layer, _FourierFTMixin):
         raise ValueError(
-            f"Layer {layer.name!r} is already a FourierDense. Wrap the "
-            "original Dense/EinsumDense only once; to change the adapter, "
-            "build a new FourierDense from `layer.to_plain_layer()`."
+            f"Layer {layer.name!r} already has a FourierFT adapter. Adapt a "
+            "layer once; to change its adapter, call "
+            "`keras_fourierft.remove_adapter(layer)` first."
         )
-    if not isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense)):
+    if type(layer) not in _ADAPTED_CLASS:
+        if isinstance(layer, tuple(_ADAPTED_CLASS)):
+            raise TypeError(
+                f"Layer {layer.name!r} is a {type(layer).__name__}, a subclass "
+                "of Dense/EinsumDense with its own class. FourierFT adapts "
+                "exact `keras.layers.Dense` and `keras.layers.EinsumDense` "
+                "layers in place, since a subclass may compute something "
+                "else in `call`. Target another layer, or build your layer "
+                "from `keras_fourierft.FourierDense`."
+            )
         raise TypeError(
-            "FourierDense wraps a `keras.layers.Dense` or "
-            f"`keras.layers.EinsumDense`. Received layer {layer!r} of type "
+            "FourierFT adapts `keras.layers.Dense` and `keras.layers.EinsumDense`"
+            f" layers. Received layer {layer.name!r} of type "
             f"{type(layer).__name__}."
+        )
+    if not layer.built:
+        raise ValueError(
+            f"Layer {layer.name!r} is not built. Build it (call it on data or "
+            "build the model) before adding a FourierFT adapter."
         )
     if getattr(layer, "lora_enabled", False) or getattr(layer, "lora_rank", None):
         raise ValueError(
             f"Layer {layer.name!r} has LoRA enabled. FourierFT and LoRA cannot "
-            "be stacked on one layer: use a layer without `lora_rank` (or "
-            "merge the LoRA update into a fresh layer first)."
+            "be stacked on one layer: use a layer without `lora_rank`."
         )
-    if getattr(layer, "quantization_mode", None):
+    if layer.quantization_mode not in QUANTIZATION_MODES:
         raise ValueError(
-            f"Layer {layer.name!r} is quantized ({layer.quantization_mode!r}); "
-            "FourierFT needs a float kernel. Wrap the layer before quantizing."
+            f"Layer {layer.name!r} is quantized with "
+            f"{layer.quantization_mode!r}; FourierFT runs on float, 'int8', "
+            "'int4' and 'float8' bases. Quantize with one of those, or add "
+            "the adapter to the float model."
         )
     if layer.kernel_constraint is not None:
         raise ValueError(
-            f"Layer {layer.name!r} has a kernel_constraint. FourierFT adds a "
-            "dense update to the kernel that a constraint cannot see, so it "
-            "would be silently violated. Remove the constraint first."
+            f"Layer {layer.name!r} has a kernel_constraint. FourierFT adds an "
+            "update to the kernel that a constraint cannot see, so it would "
+            "be silently violated. Remove the constraint first."
         )
 
 
-@keras.saving.register_keras_serializable(package="keras_fourierft")
-class FourierDense(keras.layers.Layer):
-    """A `Dense`/`EinsumDense` whose frozen kernel is adapted by FourierFT.
+def adapt_layer(layer, config=None, **settings):
+    """Adds a FourierFT adapter to a built `Dense`/`EinsumDense`, in place.
 
-    The wrapped kernel `W` and bias are frozen; the only trainable weight is
-    `coefficients`, `n_frequency` values placed at fixed random locations of
-    a spectrum `F` shaped like the 2-D `(input, output)` view of `W` (see
-    `kernel_view`). The update is
-
-    `delta_W = scaling * Re(IDFT2(F))`,
-
-    computed once per call in float32 and added to the kernel, so the forward
-    pass costs a single matmul/einsum with `W + delta_W` (like the wrapped
-    layer, plus one small FFT). With the default `seed` and uniform sampling
-    the locations match Hugging Face PEFT's FourierFT exactly, so adapters
-    transfer in both directions.
-
-    Coefficient initialisation: `"normal"` draws the spectrum from N(0, 1)
-    (the paper's and PEFT's default; the adapted layer differs from the
-    pretrained one from the first step, which gives larger early gradients),
-    `"zeros"` starts from the exact pretrained function (delta_W = 0) and is
-    the safer choice on small data.
-
-    `lr_multiplier` reparametrises the coefficients: the variable stores
-    `spectrum / lr_multiplier` and the layer uses
-    `lr_multiplier * coefficients`. With Adam-family optimizers (whose steps
-    do not depend on the gradient's scale) this multiplies the coefficients'
-    effective learning rate by `lr_multiplier`, so one optimizer can train
-    the coefficients (which want 10-100x larger steps) and a task head
-    together. With plain SGD the factor is `lr_multiplier**2`. It does not
-    change the function, the saved spectrum or PEFT compatibility.
+    The layer object stays the same (its class becomes `FourierDense` or
+    `FourierEinsumDense`): its name, variables, variable paths and place in
+    every model and container that holds it are unchanged. Its kernel and
+    bias are frozen and a trainable `coefficients` variable is added. Works
+    on float and on `int8`/`int4`/`float8`-quantized layers.
 
     Args:
-        layer: A `keras.layers.Dense` or `keras.layers.EinsumDense`, built or
-            not. Its variables are taken over (not copied) when built.
-        n_frequency: Integer, the number of trainable spectral coefficients.
-        scaling: Float, the factor `alpha` of the update.
-        seed: Integer, the seed of the frequency locations (PEFT's
-            `random_loc_seed`).
-        sampling: `"uniform"` (PEFT's) or `"frequency_biased"` (paper Eq. 5;
-            see `frequency_locations`).
-        center_frequency: Float, `f_c` for frequency-biased sampling.
-        bandwidth: Float, `W` for frequency-biased sampling.
-        coefficient_initializer: `"normal"` (N(0, 1) spectrum), `"zeros"`,
-            or any Keras initializer for the spectrum.
-        lr_multiplier: Positive float, see above.
-        **kwargs: Base layer keyword arguments (`name` defaults to the
-            wrapped layer's name, `dtype` to its dtype policy).
+        layer: A built `keras.layers.Dense` or `keras.layers.EinsumDense`.
+        config: Optional `FourierFTConfig`.
+        **settings: `FourierFTConfig` fields, used when `config` is None
+            (e.g. `n_frequency=1000, scaling=150.0`).
+
+    Returns:
+        The same layer, adapted.
 
     Example:
 
     ```python
     dense = keras.layers.Dense(64)
     dense.build((None, 32))
-    adapted = keras_fourierft.FourierDense(dense, n_frequency=200)
-    y = adapted(np.ones((2, 32)))
-    adapted.merge()          # zero-overhead inference
-    plain = adapted.to_plain_layer()  # a keras Dense with W + delta_W
+    keras_fourierft.adapt_layer(dense, n_frequency=200)
+    y = dense(np.ones((2, 32)))
     ```
     """
+    if config is None:
+        config = FourierFTConfig(**settings)
+    elif settings:
+        raise ValueError("Pass either `config` or settings, not both.")
+    check_adaptable(layer)
+    _check_size(layer, config, float_kernel_shape(layer))
+    with keras_internals.unlocked_tracker(layer):
+        keras_internals.set_layer_class(layer, _ADAPTED_CLASS[type(layer)])
+        layer._init_fourierft(config)
+        layer._build_fourierft()
+    return layer
 
-    def __init__(
-        self,
-        layer,
-        n_frequency=1000,
-        scaling=150.0,
-        seed=777,
-        sampling="uniform",
-        center_frequency=None,
-        bandwidth=None,
-        coefficient_initializer="normal",
-        lr_multiplier=1.0,
-        **kwargs,
-    ):
-        check_wrappable(layer)
-        if not isinstance(n_frequency, (int, np.integer)) or n_frequency <= 0:
-            raise ValueError(
-                "`n_frequency` must be a positive integer. Received: "
-                f"n_frequency={n_frequency!r}"
+
+def remove_adapter(layer, merge=True):
+    """Turns an adapted layer back into a plain `Dense`/`EinsumDense`, in place.
+
+    Args:
+        layer: A `FourierDense` or `FourierEinsumDense`.
+        merge: If True the kernel keeps `W + delta_W` (the layer computes what
+            the adapted layer computed); if False the original `W` comes back.
+
+    Returns:
+        The same layer, now plain.
+    """
+    if not isinstance(layer, _FourierFTMixin):
+        raise ValueError(f"Layer {layer.name!r} has no FourierFT adapter.")
+    if merge and layer.adapter_enabled:
+        layer.merge(safe_merge=True)
+    else:
+        layer.unmerge(force=True)
+    coefficients = layer.coefficients
+    with keras_internals.unlocked_tracker(layer):
+        del layer.coefficients
+        keras_internals.set_layer_class(layer, _PLAIN_CLASS[type(layer)])
+        for name in _STATE:
+            if name in layer.__dict__:
+                object.__delattr__(layer, name)
+    del coefficients
+    return layer
+
+
+_STATE = (
+    "fourierft_config",
+    "locations",
+    "model_path",
+    "_view",
+    "_delta_plan",
+    "_activation_plan",
+    "_enabled",
+    "_merged_from",
+    "_merged_digest",
+    "_coefficients_trainable",
+    "_layouts",
+)
+
+
+class _FourierFTMixin:
+    """What `FourierDense` and `FourierEinsumDense` share."""
+
+    def _fourierft_init(self, args, settings):
+        if args and isinstance(args[0], keras.layers.Layer):
+            raise TypeError(
+                f"{type(self).__qualname__} is a Keras layer built from its "
+                "own arguments (units/equation, then FourierFT settings). To "
+                "add an adapter to an existing layer, call "
+                "`keras_fourierft.adapt_layer(layer, n_frequency=...)`: it "
+                "adapts the layer in place."
             )
-        if sampling not in spectral.SAMPLINGS:
-            raise ValueError(
-                f"`sampling` must be one of {spectral.SAMPLINGS}. Received: "
-                f"sampling={sampling!r}"
-            )
-        if not lr_multiplier > 0:
-            raise ValueError(
-                "`lr_multiplier` must be positive. Received: "
-                f"lr_multiplier={lr_multiplier!r}"
-            )
-        kwargs.setdefault("name", layer.name)
-        kwargs.setdefault("dtype", layer.dtype_policy)
-        super().__init__(**kwargs)
-        self.n_frequency = int(n_frequency)
-        self.scaling = float(scaling)
-        self.seed = int(seed)
-        self.sampling = sampling
-        self.center_frequency = center_frequency
-        self.bandwidth = bandwidth
-        self.lr_multiplier = float(lr_multiplier)
-        self.coefficient_initializer = _spectrum_initializer(coefficient_initializer)
-        self._layer_class = type(layer)
-        self._layer_config = layer.get_config()
-        self.activation = layer.activation
-        self.equation = getattr(layer, "equation", None)
-        self.adapter_enabled = True
+        return FourierFTConfig(**settings)
+
+    def _init_fourierft(self, config):
+        self.fourierft_config = config
+        self.locations = None
         self.model_path = None
+        self._enabled = True
         self._merged_from = None
-        self.supports_masking = True
-        if layer.built:
-            self._adopt(layer)
+        self._merged_digest = None
+        self._coefficients_trainable = True
+        self._layouts = {}
+
+    def _build_fourierft(self):
+        config = self.fourierft_config
+        shape = float_kernel_shape(self)
+        _check_size(self, config, shape)
+        view = kernel_view(getattr(self, "equation", None), shape)
+        self._view = view
+        self.locations = spectral.frequency_locations(
+            view["out_features"],
+            view["in_features"],
+            config.n_frequency,
+            seed=config.seed,
+            sampling=config.sampling,
+            center_frequency=config.center_frequency,
+            bandwidth=config.bandwidth,
+        )
+        indices = spectral.kernel_indices(self.locations)
+        size = (view["in_features"], view["out_features"])
+        self._delta_plan = spectral.spectral_plan(indices, size)
+        self._activation_plan = spectral.activation_plan(indices, size)
+        self._kernel.trainable = False
+        if self.bias is not None:
+            self.bias.trainable = False
+        self.coefficients = self.add_weight(
+            name="coefficients",
+            shape=(config.n_frequency,),
+            initializer=_stored_initializer(config),
+            dtype="float32",
+            trainable=True,
+        )
+
+    # Settings, read-only views of `fourierft_config`.
+
+    @property
+    def n_frequency(self):
+        """Integer, the number of trainable spectral coefficients."""
+        return self.fourierft_config.n_frequency
+
+    @property
+    def scaling(self):
+        """Float, the factor `alpha` of the update."""
+        return self.fourierft_config.scaling
+
+    @property
+    def seed(self):
+        """Integer, the seed of the frequency locations."""
+        return self.fourierft_config.seed
+
+    @property
+    def sampling(self):
+        """`"uniform"` or `"frequency_biased"`."""
+        return self.fourierft_config.sampling
+
+    @property
+    def center_frequency(self):
+        """Float or None, `f_c` of frequency-biased sampling."""
+        return self.fourierft_config.center_frequency
+
+    @property
+    def bandwidth(self):
+        """Float or None, `W` of frequency-biased sampling."""
+        return self.fourierft_config.bandwidth
+
+    @property
+    def lr_multiplier(self):
+        """Float, the factor between stored and effective coefficients."""
+        return self.fourierft_config.lr_multiplier
+
+    @property
+    def compute(self):
+        """`"auto"`, `"dense"` or `"activation"`, see the class docstring."""
+        return self.fourierft_config.compute
+
+    @compute.setter
+    def compute(self, value):
+        self.fourierft_config = self.fourierft_config.replace(compute=value)
+
+    # State.
 
     @property
     def merged(self):
@@ -250,9 +425,21 @@ class FourierDense(keras.layers.Layer):
         return self._merged_from is not None
 
     @property
-    def kernel(self):
-        """The frozen kernel variable (holds W + delta_W while merged)."""
-        return self._kernel
+    def adapter_enabled(self):
+        """Whether `call` applies the update; settable (not while merged)."""
+        return self._enabled
+
+    @adapter_enabled.setter
+    def adapter_enabled(self, value):
+        value = bool(value)
+        if value == self._enabled:
+            return
+        if self.merged:
+            raise ValueError(
+                f"Layer {self.name!r}: the adapter is merged into the kernel, "
+                "so it cannot be turned off. Call `unmerge()` first."
+            )
+        self._enabled = value
 
     @property
     def spectrum(self):
@@ -263,7 +450,7 @@ class FourierDense(keras.layers.Layer):
         """Assigns effective spectral coefficients (the inverse of `spectrum`).
 
         Args:
-            values: Array-like of shape `(n_frequency,)`.
+            values: Array-like of shape `(n_frequency,)`, finite.
         """
         values = np.asarray(values, dtype="float32")
         if values.shape != (self.n_frequency,):
@@ -271,124 +458,173 @@ class FourierDense(keras.layers.Layer):
                 f"Layer {self.name!r} expects a spectrum of shape "
                 f"({self.n_frequency},). Received shape {values.shape}."
             )
+        if not np.all(np.isfinite(values)):
+            raise ValueError(
+                f"Layer {self.name!r}: the spectrum has NaN or Inf values."
+            )
         was_merged = self.merged
         self.unmerge()
         self.coefficients.assign(values / self.lr_multiplier)
         if was_merged:
             self.merge()
 
-    def build(self, input_shape):
-        if self.built:
-            return
-        layer = self._layer_class.from_config(self._layer_config)
-        layer.build(input_shape)
-        self._adopt(layer)
+    def adapter_config(self):
+        """The settings that define this adapter's spectrum.
 
-    def _adopt(self, layer):
-        """Takes over the built layer's variables and creates coefficients."""
-        kernel = layer.kernel
-        view = kernel_view(self.equation, kernel.shape)
-        self._view = view
-        self.locations = spectral.frequency_locations(
-            view["out_features"],
-            view["in_features"],
-            self.n_frequency,
-            seed=self.seed,
-            sampling=self.sampling,
-            center_frequency=self.center_frequency,
-            bandwidth=self.bandwidth,
-        )
-        plan = spectral.spectral_plan(
-            spectral.kernel_indices(self.locations),
-            (view["in_features"], view["out_features"]),
-        )
-        self._plan = {key: ops.convert_to_tensor(value) for key, value in plan.items()}
-        kernel.trainable = False
-        self._kernel = kernel
-        self.bias = layer.bias
-        if self.bias is not None:
-            self.bias.trainable = False
-        self.coefficients = self.add_weight(
-            name="coefficients",
-            shape=(self.n_frequency,),
-            initializer=self._stored_initializer(),
-            dtype="float32",
-            trainable=True,
-        )
-        self.built = True
+        Returns:
+            A dict with `in_features`, `out_features` (the 2-D view) and
+            `n_frequency`, `scaling`, `seed`, `sampling`, `center_frequency`,
+            `bandwidth`.
+        """
+        config = {
+            "in_features": self._view["in_features"],
+            "out_features": self._view["out_features"],
+        }
+        config.update({name: getattr(self, name) for name in SPECTRUM_FIELDS})
+        return config
 
-    def _stored_initializer(self):
-        initializer = self.coefficient_initializer
-        multiplier = self.lr_multiplier
-
-        def init(shape, dtype=None):
-            return ops.divide(initializer(shape, dtype="float32"), multiplier)
-
-        return init
+    # The update.
 
     def delta_weight(self):
         """Returns delta_W in the kernel's own shape, as a float32 tensor."""
         view = self._view
-        delta = spectral.delta_from_plan(
-            self.spectrum,
-            self._plan,
-            (view["in_features"], view["out_features"]),
-            self.scaling,
-        )
-        if self.equation is None:
+        delta = self._delta_2d()
+        equation = getattr(self, "equation", None)
+        if equation is None:
             return delta
-        shape = tuple(self._kernel.shape)
+        shape = float_kernel_shape(self)
         permutation = view["permutation"]
         delta = ops.reshape(delta, [shape[axis] for axis in permutation])
         return ops.transpose(delta, np.argsort(permutation).tolist())
 
-    def _effective_kernel(self):
-        if self.merged or not self.adapter_enabled:
-            return ops.cast(self._kernel, self.compute_dtype)
-        kernel = ops.add(ops.cast(self._kernel, "float32"), self.delta_weight())
-        return ops.cast(kernel, self.compute_dtype)
+    def _delta_2d(self):
+        view = self._view
+        return spectral.delta_from_plan(
+            self.spectrum,
+            self._delta_plan,
+            (view["in_features"], view["out_features"]),
+            self.scaling,
+        )
 
-    def call(self, inputs, training=None):
-        kernel = self._effective_kernel()
-        if self.equation is None:
-            x = ops.matmul(inputs, kernel)
-        else:
-            x = ops.einsum(self.equation, inputs, kernel)
+    def _adapter_active(self):
+        return self._enabled and not self.merged
+
+    def _compute_mode(self, rows):
+        if self.compute != "auto":
+            return self.compute
+        tokens = rows.shape[0]
+        return spectral.choose_compute(
+            None if tokens is None else int(tokens),
+            self._view["in_features"],
+            self._view["out_features"],
+            self.n_frequency,
+        )
+
+    def _adapter_rows(self, rows, mode):
+        """`rows @ delta_W` for `(tokens, d1)` rows, float32."""
+        view = self._view
+        shape = (view["in_features"], view["out_features"])
+        if mode == "activation":
+            return spectral.spectral_matmul(
+                rows, self.spectrum, self._activation_plan, shape, self.scaling
+            )
+        return ops.matmul(ops.cast(rows, "float32"), self._delta_2d())
+
+    def _finish(self, x):
         if self.bias is not None:
-            x = ops.add(x, ops.cast(self.bias, self.compute_dtype))
+            x = ops.add(x, self.bias)
         if self.activation is not None:
             x = self.activation(x)
         return x
 
-    def compute_output_shape(self, input_shape):
-        twin = self._layer_class.from_config(self._layer_config)
-        return twin.compute_output_shape(input_shape)
+    def call(self, inputs, training=None):
+        if not self._adapter_active():
+            return super().call(inputs, training=training)
+        rows, restore = self._rows(inputs)
+        mode = self._compute_mode(rows)
+        if mode == "dense":
+            kernel = ops.add(ops.cast(self.kernel, "float32"), self.delta_weight())
+            x = self._linear(inputs, ops.cast(kernel, self.compute_dtype))
+        else:
+            update = ops.cast(self._adapter_rows(rows, mode), self.compute_dtype)
+            x = ops.add(self._linear(inputs, self.kernel), restore(update))
+        return self._finish(x)
+
+    def quantized_call(self, inputs, training=None):
+        if not self._adapter_active():
+            return super().quantized_call(inputs, training=training)
+        activation = self.activation
+        self.activation = None
+        try:
+            x = super().quantized_call(inputs, training=training)
+        finally:
+            self.activation = activation
+        rows, restore = self._rows(inputs)
+        update = self._adapter_rows(rows, self._compute_mode(rows))
+        x = ops.add(x, restore(ops.cast(update, x.dtype)))
+        if self.activation is not None:
+            x = self.activation(x)
+        return x
+
+    # Merging.
 
     def merge(self, safe_merge=False):
         """Folds delta_W into the kernel for zero-overhead inference.
 
-        While merged the layer costs exactly what the plain layer costs; the
-        original kernel is kept on the host so that `unmerge()` restores it
-        bit for bit. Merging twice is a no-op.
+        While merged the layer costs exactly what the plain layer costs, the
+        coefficients are not trainable (training them would not change the
+        output) and the adapter cannot be turned off; `unmerge()` restores
+        the original kernel bit for bit. Merging twice is a no-op.
 
         Args:
             safe_merge: If True, check the merged kernel for NaN/Inf first and
                 raise (leaving the layer unchanged) instead of merging.
         """
-        self._require_built("merge")
         if self.merged:
             return
+        if self.quantization_mode is not None:
+            raise ValueError(
+                f"Layer {self.name!r} has a {self.quantization_mode!r}-"
+                "quantized kernel, into which FourierFT does not merge (the "
+                "update would be lost to rounding). Keep the adapter "
+                "unmerged (its cost is small), or merge into the float model "
+                "and quantize afterwards."
+            )
+        if not self._enabled:
+            raise ValueError(
+                f"Layer {self.name!r}: the adapter is turned off; turn it on "
+                "before merging."
+            )
         original = ops.convert_to_numpy(self._kernel).copy()
         merged = self._merged_kernel_value(original, safe_merge)
         self._kernel.assign(merged)
         self._merged_from = original
+        self._merged_digest = _digest(merged)
+        self._coefficients_trainable = self.coefficients.trainable
+        self.coefficients.trainable = False
 
-    def unmerge(self):
-        """Restores the original kernel exactly after `merge()`."""
+    def unmerge(self, force=False):
+        """Restores the original kernel exactly after `merge()`.
+
+        Args:
+            force: Restore even if the kernel was changed while merged (e.g.
+                by `set_weights`); by default that raises, since restoring
+                would silently undo the change.
+        """
         if not self.merged:
             return
+        current = ops.convert_to_numpy(self._kernel)
+        if not force and _digest(current) != self._merged_digest:
+            raise ValueError(
+                f"Layer {self.name!r}: its kernel was changed while the "
+                "adapter was merged into it (e.g. by `set_weights`). "
+                "Unmerging would overwrite that change with the kernel saved "
+                "at merge time. Call `unmerge(force=True)` to do so anyway."
+            )
         self._kernel.assign(self._merged_from)
         self._merged_from = None
+        self._merged_digest = None
+        self.coefficients.trainable = self._coefficients_trainable
 
     def _merged_kernel_value(self, original, safe_merge):
         delta = ops.convert_to_numpy(self.delta_weight())
@@ -403,7 +639,6 @@ class FourierDense(keras.layers.Layer):
 
     def original_kernel(self):
         """Returns the frozen pretrained kernel `W` as a numpy array."""
-        self._require_built("read the original kernel of")
         if self.merged:
             return self._merged_from.copy()
         return ops.convert_to_numpy(self._kernel)
@@ -411,8 +646,8 @@ class FourierDense(keras.layers.Layer):
     def to_plain_layer(self, safe_merge=True):
         """Returns a new plain `Dense`/`EinsumDense` holding `W + delta_W`.
 
-        The result has the wrapped layer's config and name, needs nothing from
-        this package, and is independent of this layer's variables. A
+        The result has this layer's plain config and name, needs nothing
+        from this package and is independent of this layer's variables. A
         disabled adapter exports the original kernel.
 
         Args:
@@ -421,13 +656,16 @@ class FourierDense(keras.layers.Layer):
         Returns:
             A built `keras.layers.Dense` or `keras.layers.EinsumDense`.
         """
-        self._require_built("export")
+        if self.quantization_mode is not None:
+            raise ValueError(
+                f"Layer {self.name!r} is quantized; export the float model."
+            )
         original = self.original_kernel()
-        if self.adapter_enabled:
+        kernel = original
+        if self._enabled:
             kernel = self._merged_kernel_value(original, safe_merge)
-        else:
-            kernel = original
-        layer = self._layer_class.from_config(self._layer_config)
+        plain_class = _PLAIN_CLASS[type(self)]
+        layer = plain_class.from_config(self._plain_config())
         layer.build(self._plain_input_shape())
         layer.kernel.assign(kernel)
         if self.bias is not None:
@@ -435,134 +673,355 @@ class FourierDense(keras.layers.Layer):
         return layer
 
     def _plain_input_shape(self):
-        kernel_shape = tuple(self._kernel.shape)
-        if self.equation is None:
+        kernel_shape = float_kernel_shape(self)
+        equation = getattr(self, "equation", None)
+        if equation is None:
             return (None, kernel_shape[0])
-        input_term = self.equation.split(",")[0].replace(" ", "")
+        input_term, kernel_term, _ = _split_equation(equation)
         shape = [None] if "..." in input_term else []
-        kernel_term = self.equation.split(",")[1].split("->")[0].strip()
         for letter in input_term.replace("...", ""):
             axis = kernel_term.find(letter)
             shape.append(kernel_shape[axis] if axis >= 0 else None)
         return tuple(shape)
 
-    def _require_built(self, action):
-        if not self.built:
-            raise ValueError(
-                f"Cannot {action} layer {self.name!r} before it is built. "
-                "Call the layer on data (or `layer.build(input_shape)`) first."
-            )
+    def _plain_config(self):
+        config = super().get_config()
+        for name in FourierFTConfig.__dataclass_fields__:
+            config.pop(name, None)
+        return config
+
+    # Saving.
+
+    def _base_store_size(self):
+        probe = {}
+        super().save_own_variables(probe)
+        return len(probe)
 
     def save_own_variables(self, store):
-        """Stores kernel, bias, coefficients in the wrapped layer's order.
+        """Stores the base layer's entries, then the coefficients.
 
-        Index 0 is the kernel and 1 the bias (if any), exactly as the plain
-        layer saves them, so full-model weight files keep the base model's
-        layout; the coefficients follow. A merged kernel is saved unmerged.
+        The base entries (kernel, bias and any quantization scales) come
+        first, at the indices the plain layer uses, so a full-model weights
+        file keeps the base model's layout; a merged kernel is saved
+        unmerged. The stored coefficients follow.
         """
         if not self.built:
             return
-        values = self._own_values()
-        values.append(np.frombuffer(self._record().encode("utf-8"), dtype=np.uint8))
-        for index, value in enumerate(values):
-            store[str(index)] = value
+        base = {}
+        super().save_own_variables(base)
+        if self.merged:
+            base["0"] = self._merged_from
+        for key, value in base.items():
+            store[key] = value
+        store[str(len(base))] = self.coefficients
 
     def load_own_variables(self, store):
         """Loads what `save_own_variables` wrote, or a plain layer's entries.
 
-        A store with only the plain layer's kernel (and bias) loads the base
-        weights and keeps the coefficients.
+        A store with only the plain layer's entries loads the base weights
+        and keeps the coefficients. A merged layer is unmerged, loaded and
+        merged again.
         """
         if not self.built:
             return
-        base = [self._kernel] + ([self.bias] if self.bias is not None else [])
+        size = self._base_store_size()
         keys = len(store.keys())
-        if keys not in (len(base), len(base) + 1, len(base) + 2):
+        if keys not in (size, size + 1):
             raise ValueError(
-                f"Layer {self.name!r} expects {len(base)} (plain layer) or "
-                f"{len(base) + 2} (with FourierFT coefficients) saved "
-                f"variables, but the file has {keys}."
+                f"Layer {self.name!r} expects {size} (plain layer) or "
+                f"{size + 1} (with FourierFT coefficients) saved variables, "
+                f"but the file has {keys}."
             )
+        if keys == size + 1:
+            coefficients = np.asarray(store[str(size)])
+            if coefficients.shape != (self.n_frequency,):
+                raise ValueError(
+                    f"Layer {self.name!r} has {self.n_frequency} FourierFT "
+                    f"coefficients; the file stores {coefficients.shape}."
+                )
+            if not np.all(np.isfinite(coefficients)):
+                raise ValueError(
+                    f"Layer {self.name!r}: the stored FourierFT coefficients "
+                    "have NaN or Inf values."
+                )
         was_merged = self.merged
-        self.unmerge()
-        targets = base + ([self.coefficients] if keys > len(base) else [])
-        for index, variable in enumerate(targets):
-            variable.assign(store[str(index)])
+        self.unmerge(force=True)
+        super().load_own_variables(_StoreView(store, size))
+        if keys == size + 1:
+            self.coefficients.assign(coefficients)
         if was_merged:
             self.merge()
 
-    def adapter_config(self):
-        """The settings that define this adapter's spectrum.
+    def _check_load_own_variables(self, store):
+        # The base layer's check counts all variables; the coefficients are
+        # checked by `load_own_variables` above.
+        return None
 
-        Returns:
-            A dict with `in_features`, `out_features` (the 2-D view) and the
-            `ADAPTER_SETTINGS` (`n_frequency`, `scaling`, `seed`, `sampling`,
-            `center_frequency`, `bandwidth`).
-        """
-        self._require_built("describe")
-        config = {
-            "in_features": self._view["in_features"],
-            "out_features": self._view["out_features"],
-        }
-        config.update({name: getattr(self, name) for name in ADAPTER_SETTINGS})
-        return config
-
-    def _record(self):
-        """JSON describing this adapter, saved beside its variables.
+    def save_assets(self, dir_path):
+        """Writes this adapter's record (`fourierft.json`) for `.keras` files.
 
         `keras_fourierft.load_model` reads it to re-enable FourierFT on models
         whose config does not list their layers (KerasHub backbones).
         """
-        config = self.adapter_config()
-        config["lr_multiplier"] = self.lr_multiplier
-        return json.dumps(
-            {"keras_fourierft": 1, "path": self.model_path, "config": config}
-        )
+        record = {
+            "keras_fourierft": 1,
+            "path": self.model_path or self.name,
+            "config": self.fourierft_config.to_dict(),
+        }
+        with open(os.path.join(dir_path, "fourierft.json"), "w") as file:
+            json.dump(record, file)
 
-    def _own_values(self):
-        values = [self.original_kernel()]
-        if self.bias is not None:
-            values.append(self.bias)
-        values.append(self.coefficients)
-        return values
+    def load_assets(self, dir_path):
+        """Nothing to load: the layer config carries the settings."""
+        return None
 
     def get_config(self):
-        base_config = super().get_config()
-        layer = self._layer_class.from_config(self._layer_config)
-        config = {
-            "layer": keras.saving.serialize_keras_object(layer),
-            "n_frequency": self.n_frequency,
-            "scaling": self.scaling,
-            "seed": self.seed,
-            "sampling": self.sampling,
-            "center_frequency": self.center_frequency,
-            "bandwidth": self.bandwidth,
-            "coefficient_initializer": keras.saving.serialize_keras_object(
-                self.coefficient_initializer
-            ),
-            "lr_multiplier": self.lr_multiplier,
-        }
-        return {**base_config, **config}
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["layer"] = keras.saving.deserialize_keras_object(config["layer"])
-        config["coefficient_initializer"] = keras.saving.deserialize_keras_object(
-            config["coefficient_initializer"]
-        )
-        return cls(**config)
+        config = super().get_config()
+        config.update(self.fourierft_config.to_dict())
+        return config
 
 
-def _spectrum_initializer(identifier):
-    if identifier == "normal":
-        return keras.initializers.RandomNormal(mean=0.0, stddev=1.0)
-    if identifier == "zeros":
-        return keras.initializers.Zeros()
-    try:
-        return keras.initializers.get(identifier)
-    except ValueError:
+class _StoreView:
+    """The first `size` entries of a weights store."""
+
+    def __init__(self, store, size):
+        self._store = store
+        self._size = size
+
+    def keys(self):
+        return [str(i) for i in range(self._size)]
+
+    def __len__(self):
+        return self._size
+
+    def __getitem__(self, key):
+        if int(key) >= self._size:
+            raise KeyError(key)
+        return self._store[key]
+
+
+def _check_size(layer, config, kernel_shape):
+    view = kernel_view(getattr(layer, "equation", None), kernel_shape)
+    size = view["in_features"] * view["out_features"]
+    if config.n_frequency > size:
         raise ValueError(
-            "`coefficient_initializer` must be 'normal', 'zeros' or a Keras "
-            f"initializer. Received: {identifier!r}"
-        ) from None
+            f"n_frequency={config.n_frequency} does not fit layer "
+            f"{layer.name!r}: its {view['in_features']}x{view['out_features']} "
+            f"weight has {size} entries. Use at most that many frequencies for "
+            "this layer."
+        )
+
+
+def _digest(array):
+    return hashlib.blake2b(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def _stored_initializer(config):
+    if config.coefficient_initializer == "zeros":
+        return "zeros"
+    normal = keras.initializers.RandomNormal(mean=0.0, stddev=1.0)
+    multiplier = config.lr_multiplier
+
+    def initializer(shape, dtype=None):
+        return ops.divide(normal(shape, dtype="float32"), multiplier)
+
+    return initializer
+
+
+_LAYER_DOC = """
+
+    The kernel `W` and bias are frozen; the only trainable weight is
+    `coefficients`, `n_frequency` values placed at fixed random locations of
+    a spectrum `F` shaped like the 2-D `(input, output)` view of `W` (see
+    `kernel_view`). The update is `delta_W = scaling * Re(IDFT2(F))`. With
+    the default `seed` and uniform sampling the locations match Hugging
+    Face PEFT's FourierFT exactly, so adapters transfer in both directions.
+
+    `compute` chooses how a call applies the update (the results agree to
+    float32 round-off, and so do the gradients):
+    - `"dense"`: build `delta_W` with one 2-D FFT and run one matmul with
+      `W + delta_W`; cheapest for small weights (e.g. 384x384);
+    - `"activation"`: `x @ W` by the base layer's own computation (float or
+      quantized) plus `x @ delta_W` computed from the FFT of `x` over its
+      input features, never forming `delta_W` and computing no weight
+      gradient; cheapest for LLM-size weights (e.g. 4096x4096);
+    - `"auto"` (default): picks per call from the static shapes with a cost
+      model measured on each backend.
+
+    Coefficient initialisation: `"normal"` draws the spectrum from N(0, 1)
+    (the paper's and PEFT's default), `"zeros"` starts from the pretrained
+    function. `lr_multiplier` reparametrises the coefficients: the variable
+    stores `spectrum / lr_multiplier`, which multiplies their effective
+    learning rate under Adam-family optimizers (by `lr_multiplier**2` with
+    plain SGD) without changing the function or the saved spectrum.
+
+    Merging (`merge()`) folds `delta_W` into a float kernel for inference;
+    while merged the coefficients do not train and the adapter cannot be
+    turned off. A quantized base (`int8`, `int4`, `float8`; quantize before
+    or after adapting) runs unmerged.
+
+    Args:
+{args}
+        n_frequency: Integer, the number of trainable spectral coefficients.
+        scaling: Float, the factor `alpha` of the update.
+        seed: Integer, the seed of the frequency locations (PEFT's
+            `random_loc_seed`).
+        sampling: `"uniform"` (PEFT's) or `"frequency_biased"` (paper Eq. 5;
+            see `frequency_locations`).
+        center_frequency: Float, `f_c` for frequency-biased sampling.
+        bandwidth: Float, `W` for frequency-biased sampling.
+        coefficient_initializer: `"normal"` or `"zeros"`.
+        lr_multiplier: Positive float, see above (default 30).
+        compute: `"auto"`, `"dense"` or `"activation"`, see above.
+        **kwargs: The arguments of `keras.layers.{base}`.
+"""
+
+
+@keras.saving.register_keras_serializable(package="keras_fourierft")
+class FourierDense(_FourierFTMixin, keras.layers.Dense):
+    def __init__(self, *args, **kwargs):
+        settings = _pop_settings(kwargs)
+        config = self._fourierft_init(args, settings)
+        super().__init__(*args, **kwargs)
+        self._init_fourierft(config)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_fourierft()
+
+    def _linear(self, inputs, kernel):
+        return ops.matmul(inputs, kernel)
+
+    def _rows(self, inputs):
+        in_features = self._view["in_features"]
+        rows = ops.reshape(inputs, (-1, in_features))
+        leading = ops.shape(inputs)[:-1]
+
+        def restore(update):
+            return ops.reshape(update, tuple(leading) + (self.units,))
+
+        return rows, restore
+
+    def quantize(self, mode=None, type_check=True, config=None):
+        """Quantizes the base kernel; the adapter stays in float32."""
+        _check_quantizable(self, mode)
+        super().quantize(mode, type_check=False, config=config)
+
+
+@keras.saving.register_keras_serializable(package="keras_fourierft")
+class FourierEinsumDense(_FourierFTMixin, keras.layers.EinsumDense):
+    def __init__(self, *args, **kwargs):
+        settings = _pop_settings(kwargs)
+        config = self._fourierft_init(args, settings)
+        super().__init__(*args, **kwargs)
+        self._init_fourierft(config)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_fourierft()
+
+    def _linear(self, inputs, kernel):
+        return ops.einsum(self.equation, inputs, kernel)
+
+    def _rows(self, inputs):
+        rank = len(inputs.shape)
+        layout = self._layouts.get(rank)
+        if layout is None:
+            layout = _RowLayout(self.equation, float_kernel_shape(self), rank)
+            self._layouts[rank] = layout
+        rows, token_shape = layout.to_rows(inputs, self._view["in_features"])
+
+        def restore(update):
+            return layout.from_rows(update, token_shape)
+
+        return rows, restore
+
+    def quantize(self, mode=None, type_check=True, config=None):
+        """Quantizes the base kernel; the adapter stays in float32."""
+        _check_quantizable(self, mode)
+        super().quantize(mode, type_check=False, config=config)
+
+
+FourierDense.__doc__ = (
+    "A `keras.layers.Dense` with a frozen kernel adapted by FourierFT."
+    + _LAYER_DOC.format(
+        args="        *args: `units` and the other `Dense` arguments.",
+        base="Dense",
+    )
+    + """
+    Example:
+
+    ```python
+    layer = keras_fourierft.FourierDense(64, n_frequency=200)
+    y = layer(np.ones((2, 32)))   # built: frozen kernel, 200 coefficients
+    layer.merge()                 # zero-overhead inference
+    ```
+    """
+)
+FourierEinsumDense.__doc__ = (
+    "A `keras.layers.EinsumDense` with a frozen kernel adapted by FourierFT."
+    + _LAYER_DOC.format(
+        args="        *args: `equation`, `output_shape` and the other "
+        "`EinsumDense` arguments.",
+        base="EinsumDense",
+    )
+    + """
+    Example:
+
+    ```python
+    layer = keras_fourierft.FourierEinsumDense(
+        "abc,cde->abde", (None, 12, 64), n_frequency=1000
+    )
+    y = layer(np.ones((2, 8, 768)))
+    ```
+    """
+)
+
+# Keras files address list-held layers (Sequential and Functional models) by
+# their class name; the adapted classes keep the base class's name so that
+# adapting a layer leaves the model's weight-file layout unchanged. They are
+# registered (and serialized) as `keras_fourierft>FourierDense` and
+# `keras_fourierft>FourierEinsumDense`.
+FourierDense.__name__ = "Dense"
+FourierEinsumDense.__name__ = "EinsumDense"
+
+_ADAPTED_CLASS = {
+    keras.layers.Dense: FourierDense,
+    keras.layers.EinsumDense: FourierEinsumDense,
+}
+_PLAIN_CLASS = {adapted: plain for plain, adapted in _ADAPTED_CLASS.items()}
+
+
+def _pop_settings(kwargs):
+    return {
+        name: kwargs.pop(name)
+        for name in FourierFTConfig.__dataclass_fields__
+        if name in kwargs
+    }
+
+
+def _check_quantizable(layer, mode):
+    if layer.merged:
+        raise ValueError(
+            f"Layer {layer.name!r} has its FourierFT adapter merged; unmerge "
+            "before quantizing."
+        )
+    if mode not in QUANTIZATION_MODES[1:]:
+        raise ValueError(
+            f"Layer {layer.name!r} has a FourierFT adapter, which runs on "
+            f"'int8', 'int4' and 'float8' bases; mode {mode!r} is not "
+            "supported. Quantize the base model before adding the adapter, "
+            "with one of those modes."
+        )
+
+
+def is_adapted(layer):
+    """Whether a layer carries a FourierFT adapter.
+
+    Args:
+        layer: Any Keras layer.
+
+    Returns:
+        Boolean.
+    """
+    return isinstance(layer, _FourierFTMixin)

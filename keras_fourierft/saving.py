@@ -1,30 +1,32 @@
 """Whole-model `.keras` files of adapted models."""
 
-import io
 import json
 import re
 import zipfile
 
-import h5py
 import keras
-import numpy as np
 
-from keras_fourierft.layers import ADAPTER_SETTINGS
+from keras_fourierft.config import FourierFTConfig
 from keras_fourierft.surgery import enable_fourierft
 from keras_fourierft.surgery import fourier_layers
+
+RECORD_NAME = "fourierft.json"
+_MAX_RECORD_BYTES = 64 * 1024
+_MAX_RECORDS = 100_000
 
 
 def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
     """Loads a `.keras` file saved (with `model.save`) from an adapted model.
 
     Sequential and Functional models list their layers in their config, so
-    `keras.saving.load_model` restores their `FourierDense` layers already.
+    `keras.saving.load_model` restores their adapted layers already.
     KerasHub backbones and task models rebuild their layers from
     hyperparameters instead; for them this function rebuilds the plain
-    model, re-enables FourierFT on the layers recorded in the file (with
-    their `n_frequency`, `scaling`, seed, sampling and `lr_multiplier`,
-    freezing by `enable_fourierft`'s default rule), then loads all weights.
-    It works for both kinds of model.
+    model, re-enables FourierFT on the layers recorded in the file (each
+    adapted layer saves a small `fourierft.json` record among the file's
+    assets: its path and settings, `lr_multiplier` included), freezing by
+    `enable_fourierft`'s default rule, then loads all weights. It works for
+    both kinds of model.
 
     Args:
         filepath: Path of a `.keras` file.
@@ -49,15 +51,20 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
             "`model.save('name.keras')`."
         )
     with zipfile.ZipFile(filepath) as archive:
-        config = json.loads(archive.read("config.json"))
-        records = _adapter_records(archive.read("model.weights.h5"))
+        config = _read_json(archive, "config.json", filepath, limit=None)
+        records = read_records(archive, filepath)
+    if not isinstance(config, dict):
+        raise ValueError(f"{filepath!r}: config.json does not hold a model config.")
     with keras.saving.custom_object_scope(custom_objects or {}):
-        model = keras.saving.deserialize_keras_object(config, safe_mode=safe_mode)
+        model = keras.saving.deserialize_keras_object(
+            {key: value for key, value in config.items() if key != "compile_config"},
+            safe_mode=safe_mode,
+        )
     build_config = config.get("build_config")
     if build_config and not model.built:
         model.build_from_config(build_config)
     if records and not fourier_layers(model):
-        _enable(model, records)
+        _enable(model, records, filepath)
     model.load_weights(filepath)
     compile_config = config.get("compile_config")
     if compile and compile_config:
@@ -65,48 +72,66 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
     return model
 
 
-def _adapter_records(weights):
-    """The adapter records saved by `FourierDense.save_own_variables`."""
+def read_records(archive, filepath):
+    """The adapter records among a `.keras` archive's assets.
+
+    Args:
+        archive: An open `zipfile.ZipFile`.
+        filepath: The archive's path, for error messages.
+
+    Returns:
+        A list of dicts with `path` and `config` (a `FourierFTConfig`).
+    """
+    names = [
+        name
+        for name in archive.namelist()
+        if name.startswith("assets/") and name.endswith("/" + RECORD_NAME)
+    ]
+    if len(names) > _MAX_RECORDS:
+        raise ValueError(f"{filepath!r} holds too many FourierFT records.")
     records = []
-
-    def visit(_, item):
-        if not isinstance(item, h5py.Dataset) or item.dtype != np.uint8:
-            return
-        try:
-            record = json.loads(bytes(item[()]).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            return
-        if isinstance(record, dict) and record.get("keras_fourierft"):
-            records.append(record)
-
-    with h5py.File(io.BytesIO(weights), "r") as file:
-        file.visititems(visit)
-    return [record for record in records if record.get("path")]
+    for name in names:
+        record = _read_json(archive, name, filepath, limit=_MAX_RECORD_BYTES)
+        source = f"{filepath!r} ({name})"
+        if not isinstance(record, dict) or not isinstance(record.get("path"), str):
+            raise ValueError(f"{source}: a FourierFT record without a layer path.")
+        config = FourierFTConfig.from_dict(record.get("config"), source=source)
+        records.append({"path": record["path"], "config": config})
+    return records
 
 
-def _enable(model, records):
-    groups = {}
-    for record in records:
-        config = record["config"]
-        key = tuple(
-            (name, config[name])
-            for name in ADAPTER_SETTINGS + ("lr_multiplier",)
-            if name != "n_frequency"
-        )
-        groups.setdefault(key, []).append(record)
-    if len(groups) > 1:
+def _read_json(archive, name, filepath, limit):
+    try:
+        info = archive.getinfo(name)
+    except KeyError:
         raise ValueError(
-            "The file's adapters use different scaling/seed/sampling settings; "
-            "rebuild the model, enable FourierFT yourself and call "
+            f"{filepath!r} has no {name}; it is not a .keras file."
+        ) from None
+    if limit is not None and info.file_size > limit:
+        raise ValueError(f"{filepath!r}: {name} is larger than {limit} bytes.")
+    try:
+        return json.loads(archive.read(name))
+    except (ValueError, zipfile.BadZipFile, OSError) as error:
+        raise ValueError(f"{filepath!r}: cannot read {name}: {error}") from None
+
+
+def _enable(model, records, filepath):
+    settings = {record["config"].replace(n_frequency=1) for record in records}
+    if len(settings) > 1:
+        raise ValueError(
+            f"The adapters in {filepath!r} use different scaling/seed/sampling "
+            "settings; rebuild the model, enable FourierFT yourself and call "
             "`model.load_weights`."
         )
-    (settings,) = groups
-    paths = {f"^{re.escape(r['path'])}$": r["config"]["n_frequency"] for r in records}
+    (shared,) = settings
+    paths = {f"^{re.escape(r['path'])}$": r["config"].n_frequency for r in records}
+    values = shared.to_dict()
+    values.pop("n_frequency")
+    values["coefficient_initializer"] = "zeros"
     enable_fourierft(
         model,
-        n_frequency=records[0]["config"]["n_frequency"],
+        n_frequency=records[0]["config"].n_frequency,
         target_paths=list(paths),
         n_frequency_pattern=paths,
-        coefficient_initializer="zeros",
-        **dict(settings),
+        **values,
     )

@@ -1,18 +1,28 @@
 """The spectral math of FourierFT as pure functions.
 
-Frequency locations are generated with numpy (they are fixed, never trained);
-the weight update is computed with `keras.ops` so that it runs on every
-backend and is differentiable with respect to the coefficients. On the torch
-backend `delta_from_plan` runs the same math with torch's own operators
-(`torch_ops`), where the per-call overhead of `keras.ops` would be as large
-as the FFTs.
+Frequency locations are generated with numpy (they are fixed, never trained).
+The update `F -> scaling * Re(IDFT2(F))` is applied in one of two ways, both
+with `keras.ops` and an exact custom gradient:
+
+- `delta_from_plan` builds the dense weight update (one small 2-D FFT), for
+  layers whose weight is small next to the tokens times coefficients;
+- `spectral_matmul` applies the update to activations, `x @ delta_W`, without
+  ever forming `delta_W`: an FFT of each input row, a gather and scatter of
+  the `n` coefficients, an inverse FFT of each output row. It costs
+  O(tokens * (d log d + n)) instead of O(tokens * d1 * d2).
+
+`choose_compute` picks the cheaper one from static shapes. On the torch
+backend both run with torch's own operators (`torch_ops`), where the per-call
+overhead of `keras.ops` would be as large as the FFTs.
 """
+
+import math
 
 import keras
 import numpy as np
 from keras import ops
 
-SAMPLINGS = ("uniform", "frequency_biased")
+from keras_fourierft.config import SAMPLINGS
 
 _UINT32 = 2**32
 
@@ -349,3 +359,226 @@ def kernel_indices(locations):
     """
     locations = np.asarray(locations)
     return np.stack([locations[1], locations[0]], axis=1).astype(np.int32)
+
+
+def activation_plan(indices, shape):
+    """Precomputes the index arrays `spectral_matmul` needs (numpy, once).
+
+    With the kernel's 2-D view `(d1 inputs, d2 outputs)`, locations
+    `(p_k, q_k)` and `X` the DFT of an input row over its `d1` features,
+
+        (x @ delta_W)[j] = scaling / (d1 * d2) * Re(sum_k c_k * conj(X[p_k])
+                           * exp(2 pi i q_k j / d2)),
+
+    so the update is a real FFT over `d1`, a gather of `n` bins, a scatter
+    into the Hermitian half spectrum over `d2` and an inverse real FFT. The
+    input gradient is the same construction with the roles of `d1` and `d2`
+    swapped, so the plan holds both directions.
+
+    Args:
+        indices: Integer array of shape `(n, 2)`: `(input, output)` positions
+            in the kernel's 2-D view (as `kernel_indices` returns them).
+        shape: Tuple `(d1, d2)`.
+
+    Returns:
+        A dict of int32/float32 numpy arrays: `forward_*` and `backward_*`
+        entries (see `_transfer_plan`).
+    """
+    d1, d2 = int(shape[0]), int(shape[1])
+    indices = np.asarray(indices, dtype=np.int64)
+    p, q = indices[:, 0], indices[:, 1]
+    plan = {}
+    for name, values in _transfer_plan(p, q, d1, d2).items():
+        plan["forward_" + name] = values
+    for name, values in _transfer_plan(q, p, d2, d1).items():
+        plan["backward_" + name] = values
+    return plan
+
+
+def _transfer_plan(a, b, size_a, size_b):
+    """Index arrays to move `c_k * conj(A[a_k])` to bin `b_k` of a half spectrum.
+
+    `A` is the real FFT (bins `0 .. size_a // 2`) of a real signal, so
+    `conj(A[a])` is read at bin `a` with its imaginary part negated, or at
+    the mirrored bin `size_a - a` as it is (`gather`, `gather_sign`). Each
+    product lands at `b` and, conjugated, at `-b` where those fall in the
+    half spectrum over `size_b` (`source`, `target`, `target_sign`), halved,
+    so that an inverse real FFT gives the real part of the full sum. Entries
+    are sorted by target for a sorted segment sum.
+    """
+    half_a, half_b = size_a // 2, size_b // 2
+    gather = np.where(a <= half_a, a, size_a - a)
+    gather_sign = np.where(a <= half_a, -1.0, 1.0)
+    count = np.arange(len(a))
+    mirrored = (size_b - b) % size_b
+    source = np.concatenate([count, count])
+    target = np.concatenate([b, mirrored])
+    target_sign = np.concatenate([np.ones(len(b)), -np.ones(len(b))])
+    keep = target <= half_b
+    order = np.argsort(target[keep], kind="stable")
+    return {
+        "gather": gather.astype(np.int32),
+        "gather_sign": gather_sign.astype(np.float32),
+        "source": source[keep][order].astype(np.int32),
+        "target": target[keep][order].astype(np.int32),
+        "target_sign": (target_sign[keep][order] * 0.5).astype(np.float32),
+    }
+
+
+def spectral_matmul(inputs, spectrum, plan, shape, scaling):
+    """`inputs @ delta_W` without forming `delta_W`, with an exact gradient.
+
+    Args:
+        inputs: Tensor of shape `(tokens, d1)`.
+        spectrum: Tensor of shape `(n,)`, the effective coefficients.
+        plan: The dict returned by `activation_plan`.
+        shape: Tuple `(d1, d2)`.
+        scaling: Float, the factor `alpha`.
+
+    Returns:
+        A float32 tensor of shape `(tokens, d2)`, equal to
+        `inputs @ spectral_delta(spectrum, ..., shape, scaling)`.
+
+    Example:
+
+    >>> indices = np.array([[0, 1], [2, 3]])
+    >>> plan = activation_plan(indices, (4, 5))
+    >>> y = spectral_matmul(np.ones((3, 4), "float32"), np.ones(2, "float32"),
+    ...                     plan, (4, 5), 1.0)
+    """
+    if keras.backend.backend() == "torch":
+        from keras_fourierft import torch_ops
+
+        return torch_ops.spectral_matmul(inputs, spectrum, plan, shape, scaling)
+    return ops_spectral_matmul(inputs, spectrum, plan, shape, scaling)
+
+
+def _gather_conjugate(real, imag, plan, prefix):
+    """`conj(A[a_k])` for every coefficient, as `(n, tokens)` real and imag."""
+    gather = plan[prefix + "gather"]
+    sign = ops.expand_dims(ops.convert_to_tensor(plan[prefix + "gather_sign"]), 1)
+    real = ops.take(ops.transpose(real), gather, axis=0)
+    imag = ops.take(ops.transpose(imag), gather, axis=0) * sign
+    return real, imag
+
+
+def _scatter_inverse(real, imag, plan, prefix, size, factor):
+    """Scatters `(n, tokens)` products into a half spectrum, inverse real FFT."""
+    source = plan[prefix + "source"]
+    target = plan[prefix + "target"]
+    sign = ops.expand_dims(ops.convert_to_tensor(plan[prefix + "target_sign"]), 1)
+    bins = size // 2 + 1
+    # Targets are sorted; TensorFlow's sorted segment sum cannot be given the
+    # number of segments, so it gets the unsorted one.
+    is_sorted = keras.backend.backend() == "jax"
+    real = ops.segment_sum(
+        ops.take(real, source, axis=0) * abs(sign), target, bins, sorted=is_sorted
+    )
+    imag = ops.segment_sum(
+        ops.take(imag, source, axis=0) * sign, target, bins, sorted=is_sorted
+    )
+    result = ops.irfft((ops.transpose(real), ops.transpose(imag)), fft_length=size)
+    return result * factor
+
+
+def ops_spectral_matmul(inputs, spectrum, plan, shape, scaling):
+    """`spectral_matmul` written with `keras.ops` only (any backend).
+
+    Args:
+        inputs: Tensor of shape `(tokens, d1)`.
+        spectrum: Tensor of shape `(n,)`.
+        plan: The dict returned by `activation_plan`.
+        shape: Tuple `(d1, d2)`.
+        scaling: Float, the factor `alpha`.
+
+    Returns:
+        A float32 tensor of shape `(tokens, d2)`.
+    """
+    d1, d2 = int(shape[0]), int(shape[1])
+
+    @ops.custom_gradient
+    def apply(x, values):
+        x_real, x_imag = ops.rfft(x)
+        gathered_real, gathered_imag = _gather_conjugate(
+            x_real, x_imag, plan, "forward_"
+        )
+        weights = ops.expand_dims(values, 1)
+        result = _scatter_inverse(
+            gathered_real * weights,
+            gathered_imag * weights,
+            plan,
+            "forward_",
+            d2,
+            scaling / d1,
+        )
+
+        def grad(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            upstream = ops.cast(upstream, "float32")
+            g_real, g_imag = ops.rfft(upstream)
+            g_real, g_imag = _gather_conjugate(g_real, g_imag, plan, "backward_")
+            products = gathered_real * g_real - gathered_imag * g_imag
+            values_grad = ops.sum(products, axis=1) * (scaling / (d1 * d2))
+            inputs_grad = _scatter_inverse(
+                g_real * weights,
+                g_imag * weights,
+                plan,
+                "backward_",
+                d1,
+                scaling / d2,
+            )
+            return inputs_grad, values_grad
+
+        return result, grad
+
+    return apply(ops.cast(inputs, "float32"), ops.cast(spectrum, "float32"))
+
+
+# Relative costs of the two ways to apply the update, per backend, in units
+# of one multiply-add of a dense matmul; measured with
+# `benchmarks/adapter_layer.py` (see benchmarks/RESULTS.md). `dense` pays the
+# weight gradient `x^T g` (tokens * d1 * d2) plus a 2-D FFT of the weight per
+# step; `activation` pays per token one FFT of each row (forward and
+# backward) and a gather/scatter of the n coefficients.
+_COSTS = {
+    "jax": {"fft": 6.0, "coefficient": 40.0, "weight_fft": 4.0},
+    "tensorflow": {"fft": 6.0, "coefficient": 40.0, "weight_fft": 4.0},
+    "torch": {"fft": 6.0, "coefficient": 40.0, "weight_fft": 4.0},
+}
+
+
+def choose_compute(tokens, in_features, out_features, n_frequency, backend=None):
+    """Picks `"dense"` or `"activation"` for a layer call from static shapes.
+
+    Args:
+        tokens: Integer or None, the number of input rows of the call
+            (batch times sequence); None (unknown until run time) compares
+            the per-token costs alone, which is what decides at training
+            sizes.
+        in_features: Integer `d1`.
+        out_features: Integer `d2`.
+        n_frequency: Integer `n`.
+        backend: Backend name, default the current one.
+
+    Returns:
+        `"dense"` or `"activation"`.
+
+    Example:
+
+    >>> choose_compute(512, 4096, 4096, 1000)
+    'activation'
+    """
+    costs = _COSTS.get(backend or keras.backend.backend(), _COSTS["jax"])
+    d1, d2, n = int(in_features), int(out_features), int(n_frequency)
+    per_token_dense = d1 * d2
+    per_token_activation = (
+        costs["fft"] * (d1 * math.log2(max(d1, 2)) + d2 * math.log2(max(d2, 2)))
+        + costs["coefficient"] * n
+    )
+    fixed_dense = costs["weight_fft"] * d1 * d2 * math.log2(max(d1 * d2, 2))
+    if tokens is None:
+        return "activation" if per_token_activation < per_token_dense else "dense"
+    dense = tokens * per_token_dense + fixed_dense
+    activation = tokens * per_token_activation
+    return "activation" if activation < dense else "dense"

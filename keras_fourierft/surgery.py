@@ -1,4 +1,10 @@
-"""Model surgery: put FourierFT adapters into any Keras or KerasHub model."""
+"""`enable_fourierft`: adapt the target layers of any Keras model in place.
+
+No graph is rewired: each target `Dense`/`EinsumDense` is adapted in place
+(`layers.adapt_layer`), so Sequential, Functional, subclassed and KerasHub
+models, and every container Keras tracks (lists, tuples, dicts), keep their
+structure, layer names and weight paths.
+"""
 
 import dataclasses
 import math
@@ -6,12 +12,17 @@ import re
 
 import keras
 
-from keras_fourierft.layers import FourierDense
-from keras_fourierft.layers import check_wrappable
+from keras_fourierft import keras_internals
+from keras_fourierft.config import DEFAULT_LR_MULTIPLIER
+from keras_fourierft.config import FourierFTConfig
+from keras_fourierft.layers import adapt_layer
+from keras_fourierft.layers import check_adaptable
+from keras_fourierft.layers import float_kernel_shape
+from keras_fourierft.layers import is_adapted
 from keras_fourierft.layers import kernel_view
+from keras_fourierft.layers import remove_adapter
 
 DEFAULT_TARGET_LAYER_NAMES = ("query", "value", "query_dense", "value_dense")
-DEFAULT_LR_MULTIPLIER = 30.0
 BIAS_MODES = ("none", "all", "fourier_only")
 _BLOCK_PATTERN = re.compile(r"(?:layer|block)s?_(\d+)$")
 
@@ -64,26 +75,58 @@ class FourierFTSummary:
 
 
 def fourier_layers(model):
-    """Returns the `FourierDense` layers of a model, in a stable order.
+    """Returns the FourierFT-adapted layers of a model, in a stable order.
 
     Args:
         model: A Keras model or layer.
 
     Returns:
-        A list of `(path, FourierDense)` pairs; `path` is the layer's path of
-        names from the model (auto-generated Keras names lose their numeric
-        suffix, so two fresh copies of a model give the same paths).
+        A list of `(path, layer)` pairs, one per `FourierDense`/
+        `FourierEinsumDense`; `path` is as `walk_layers` gives it.
 
     Example:
 
     >>> for path, layer in keras_fourierft.fourier_layers(backbone):
     ...     print(path, layer.n_frequency)
     """
-    return [
-        (path, layer)
-        for path, layer, _ in _walk(model)
-        if isinstance(layer, FourierDense)
-    ]
+    return [(path, layer) for path, layer in walk_layers(model) if is_adapted(layer)]
+
+
+def walk_layers(model):
+    """Returns `(path, layer)` for every sublayer of a model, depth first.
+
+    A path joins layer names from the model down with `/`. It is stable and
+    unique: a name Keras generated (`dense`, `dense_3`, ...) is replaced by
+    the class's default name numbered in order among its siblings, so two
+    fresh copies of a model give the same paths, and two siblings never
+    share one. A layer held in several places is listed once.
+
+    Args:
+        model: A Keras model or layer.
+
+    Returns:
+        A list of `(path, layer)` pairs.
+
+    Example:
+
+    >>> [path for path, _ in keras_fourierft.walk_layers(model)]
+    ['query', 'dense', 'dense_1']
+    """
+    entries, seen = [], set()
+
+    def visit(layer, prefix):
+        used = {}
+        for child in keras_internals.child_layers(layer):
+            if id(child) in seen:
+                continue
+            seen.add(id(child))
+            name = _unique(_stable_name(child), used)
+            path = prefix + name
+            entries.append((path, child))
+            visit(child, path + "/")
+
+    visit(model, "")
+    return entries
 
 
 def enable_fourierft(
@@ -102,17 +145,23 @@ def enable_fourierft(
     bandwidth=None,
     coefficient_initializer="normal",
     lr_multiplier=DEFAULT_LR_MULTIPLIER,
+    compute="auto",
     verbose=False,
 ):
     """Adapts a built Keras/KerasHub model with FourierFT, in place.
 
     Targets are the `Dense`/`EinsumDense` layers whose `layer.name` is in
-    `target_layer_names` (by default the query and value projections, as
-    KerasHub's `enable_lora` picks them), or whose path (see
-    `fourier_layers`) matches one of the regular expressions
-    `target_paths`. Each target is replaced by a `FourierDense` that takes
-    over its variables, so the model's weight layout, full-model
-    `save_weights`/`load_weights` files and variable paths keep working.
+    `target_layer_names`, or whose path (see `walk_layers`) matches one of
+    the regular expressions `target_paths`. By default the targets are the
+    layers a KerasHub backbone names in `default_lora_layer_names()` (its
+    query and value projections, e.g. Gemma 3's `query_proj`/`value_proj`),
+    or, for other models, layers named `query`, `value`, `query_dense` or
+    `value_dense`. Each target is adapted in place (see `adapt_layer`): the
+    model's structure, layer names, variable paths and weight-file layout
+    stay as they were, in every kind of model and container.
+
+    Everything is checked before anything changes: on a bad argument or a
+    target that cannot be adapted the model is left untouched.
 
     Freezing rule: afterwards the only trainable variables are the
     coefficients, plus
@@ -122,12 +171,11 @@ def enable_fourierft(
       regexes);
     - biases by `bias`: `"none"` (PEFT's default), `"fourier_only"` (the
       adapted layers' biases) or `"all"` (every variable named `bias`).
-    Freezing acts on variables (`variable.trainable`), so layers keep their
-    `trainable` flag. Compile the model after enabling.
+    Freezing acts on variables (`variable.trainable`). Compile the model
+    after enabling.
 
-    Load pretrained weights (e.g. `from_preset`) before enabling: KerasHub's
-    converters assign to `layer.kernel`, which a `FourierDense` keeps frozen
-    but does not expose for assignment.
+    Quantized bases: `model.quantize("int8")` (or `"int4"`, `"float8"`)
+    before or after enabling; only the coefficients train.
 
     Args:
         model: A built Keras model (Sequential, Functional, subclassed or
@@ -135,7 +183,8 @@ def enable_fourierft(
         n_frequency: Integer, coefficients per adapted layer.
         scaling: Float, the factor `alpha`.
         seed: Integer, the frequency-location seed (PEFT's `random_loc_seed`).
-        target_layer_names: Names of layers to adapt.
+        target_layer_names: Names of layers to adapt (a list; a single string
+            is one name).
         target_paths: Regular expressions searched in layer paths.
         blocks: Optional list of transformer block indices: only targets
             inside those blocks are adapted (a block is a path component
@@ -150,10 +199,11 @@ def enable_fourierft(
         center_frequency: Float, for frequency-biased sampling.
         bandwidth: Float, for frequency-biased sampling.
         coefficient_initializer: `"normal"` (PEFT's default) or `"zeros"`.
-        lr_multiplier: Float, see `FourierDense`. The default lets a single
-            Adam-family optimizer with an ordinary learning rate (1e-3 to
-            5e-3) train both a task head and the coefficients, which want a
-            10-100x larger learning rate.
+        lr_multiplier: Float, see `FourierDense`. The default (30) lets a
+            single Adam-family optimizer with an ordinary learning rate
+            (1e-3 to 5e-3) train both a task head and the coefficients, which
+            want a 10-100x larger learning rate.
+        compute: `"auto"`, `"dense"` or `"activation"`, see `FourierDense`.
         verbose: If True, print the summary.
 
     Returns:
@@ -169,32 +219,40 @@ def enable_fourierft(
     """
     if bias not in BIAS_MODES:
         raise ValueError(f"`bias` must be one of {BIAS_MODES}. Received: {bias!r}")
+    config = FourierFTConfig(
+        n_frequency=n_frequency,
+        scaling=scaling,
+        seed=seed,
+        sampling=sampling,
+        center_frequency=center_frequency,
+        bandwidth=bandwidth,
+        coefficient_initializer=coefficient_initializer,
+        lr_multiplier=lr_multiplier,
+        compute=compute,
+    )
     _check_model(model)
-    walk = _walk(model)
-    targets = _select_targets(walk, target_layer_names, target_paths, blocks)
+    names = _as_names("target_layer_names", target_layer_names)
+    paths = _as_names("target_paths", target_paths)
+    keep = _as_names("trainable_layers", trainable_layers)
+    if names is None and paths is None:
+        names = default_target_layer_names(model)
+    walk = walk_layers(model)
+    targets = _select_targets(walk, names, paths, blocks)
     plans = []
     for path, layer in targets:
-        n = _pattern_value(n_frequency_pattern, path, n_frequency)
-        _validate_target(path, layer, n)
-        plans.append((path, layer, n))
-    parents = {id(layer): parent_list for _, layer, parent_list in walk}
+        n = _pattern_value(n_frequency_pattern, path, config.n_frequency)
+        try:
+            layer_config = config.replace(n_frequency=n)
+        except ValueError as error:
+            raise ValueError(f"Layer {path!r}: {error}") from None
+        _validate_target(path, layer, layer_config.n_frequency)
+        plans.append((path, layer, layer_config))
     adapted = []
-    for path, layer, n in plans:
-        wrapper = FourierDense(
-            layer,
-            n_frequency=n,
-            scaling=scaling,
-            seed=seed,
-            sampling=sampling,
-            center_frequency=center_frequency,
-            bandwidth=bandwidth,
-            coefficient_initializer=coefficient_initializer,
-            lr_multiplier=lr_multiplier,
-        )
-        wrapper.model_path = path
-        _replace_layer(model, parents[id(layer)], layer, wrapper)
-        adapted.append((path, wrapper))
-    _freeze(model, bias, trainable_layers)
+    for path, layer, layer_config in plans:
+        adapt_layer(layer, layer_config)
+        layer.model_path = path
+        adapted.append((path, layer))
+    _freeze(model, bias, keep)
     reset_compiled_functions(model)
     summary = _summarize(model, adapted)
     if verbose:
@@ -202,16 +260,47 @@ def enable_fourierft(
     return summary
 
 
+def default_target_layer_names(model):
+    """The layer names `enable_fourierft` targets when none are given.
+
+    A KerasHub backbone (or a task model's backbone) says which layers an
+    adapter should target with `default_lora_layer_names()`; other models
+    get `query`, `value`, `query_dense` and `value_dense`.
+
+    Args:
+        model: A Keras model.
+
+    Returns:
+        A list of layer names.
+    """
+    for candidate in (model, getattr(model, "backbone", None)):
+        method = getattr(candidate, "default_lora_layer_names", None)
+        if callable(method):
+            names = list(method())
+            if names:
+                return names
+    return list(DEFAULT_TARGET_LAYER_NAMES)
+
+
 def set_fourierft_enabled(model, enabled):
     """Turns all FourierFT adapters of a model on or off.
 
-    Off, every adapted layer computes exactly its frozen base layer.
+    Off, every adapted layer computes exactly its frozen base layer. A merged
+    model refuses (nothing changes): unmerge first.
 
     Args:
         model: A model adapted with `enable_fourierft`.
         enabled: Boolean.
     """
-    for _, layer in _require_adapted(model):
+    layers = _require_adapted(model)
+    merged = [path for path, layer in layers if layer.merged]
+    if merged and not enabled:
+        raise ValueError(
+            f"The adapters of model {model.name!r} are merged into the kernels "
+            f"(e.g. {merged[0]!r}), so they cannot be turned off. Call "
+            "`unmerge_fourierft(model)` first."
+        )
+    for _, layer in layers:
         layer.adapter_enabled = bool(enabled)
     reset_compiled_functions(model)
 
@@ -219,18 +308,38 @@ def set_fourierft_enabled(model, enabled):
 def merge_fourierft(model, safe_merge=True):
     """Folds every adapter's delta_W into its kernel (zero-overhead inference).
 
+    While merged, the coefficients do not train and the adapters cannot be
+    turned off; `unmerge_fourierft` restores the original kernels exactly.
+    Quantized layers refuse (they run unmerged).
+
     Args:
         model: A model adapted with `enable_fourierft`.
         safe_merge: If True (default), check for NaN/Inf before merging; on
             failure no layer is left merged.
     """
     layers = _require_adapted(model)
+    for path, layer in layers:
+        if layer.quantization_mode is not None:
+            raise ValueError(
+                f"Layer {path!r} is {layer.quantization_mode!r}-quantized; "
+                "FourierFT does not merge into quantized kernels (the update "
+                "would be lost to rounding). Keep the adapters unmerged, or "
+                "merge in the float model and quantize afterwards."
+            )
+        if not layer.adapter_enabled:
+            raise ValueError(
+                f"The adapter of layer {path!r} is turned off; turn the "
+                "adapters on before merging."
+            )
+    done = []
     try:
         for _, layer in layers:
-            layer.merge(safe_merge=safe_merge)
+            if not layer.merged:
+                layer.merge(safe_merge=safe_merge)
+                done.append(layer)
     except ValueError:
-        for _, layer in layers:
-            layer.unmerge()
+        for layer in done:
+            layer.unmerge(force=True)
         raise
     reset_compiled_functions(model)
 
@@ -241,19 +350,24 @@ def unmerge_fourierft(model):
     Args:
         model: A model adapted with `enable_fourierft`.
     """
-    for _, layer in _require_adapted(model):
-        layer.unmerge()
+    layers = _require_adapted(model)
+    for path, layer in layers:
+        if layer.merged:
+            try:
+                layer.unmerge()
+            except ValueError as error:
+                raise ValueError(f"Layer {path!r}: {error}") from None
     reset_compiled_functions(model)
 
 
 def unload_fourierft(model, merge=True):
-    """Replaces every `FourierDense` by a plain `Dense`/`EinsumDense`, in place.
+    """Turns every adapted layer back into a plain `Dense`/`EinsumDense`.
 
-    With `merge=True` the plain layers hold `W + delta_W`, so the model
-    computes what the adapted model computed but needs nothing from this
-    package: save it with `model.save()` or KerasHub's `save_to_preset()`.
-    With `merge=False` the original weights come back. Trainability of the
-    other weights is left as it is.
+    In place: with `merge=True` the plain layers hold `W + delta_W`, so the
+    model computes what the adapted model computed but needs nothing from
+    this package (save it with `model.save()` or KerasHub's
+    `save_to_preset()`). With `merge=False` the original weights come back.
+    Trainability of the other weights is left as it is.
 
     Args:
         model: A model adapted with `enable_fourierft`.
@@ -263,19 +377,18 @@ def unload_fourierft(model, merge=True):
         The same model.
     """
     layers = _require_adapted(model)
-    parents = {id(layer): parent_list for _, layer, parent_list in _walk(model)}
-    plains = []
+    if merge:
+        for path, layer in layers:
+            if layer.quantization_mode is not None:
+                raise ValueError(
+                    f"Layer {path!r} is quantized; unload with merge=False or "
+                    "from the float model."
+                )
+        for _, layer in layers:
+            if layer.adapter_enabled:
+                layer._merged_kernel_value(layer.original_kernel(), True)
     for _, layer in layers:
-        if merge:
-            plain = layer.to_plain_layer(safe_merge=True)
-        else:
-            was_enabled = layer.adapter_enabled
-            layer.adapter_enabled = False
-            plain = layer.to_plain_layer()
-            layer.adapter_enabled = was_enabled
-        plains.append((layer, plain))
-    for layer, plain in plains:
-        _replace_layer(model, parents[id(layer)], layer, plain)
+        remove_adapter(layer, merge=merge)
     reset_compiled_functions(model)
     return model
 
@@ -293,6 +406,29 @@ def reset_compiled_functions(model):
     for name in ("train_function", "test_function", "predict_function"):
         if getattr(model, name, None) is not None:
             setattr(model, name, None)
+
+
+def owned_variables(model):
+    """Returns `(path, variable)` for every variable, by owning layer's path.
+
+    Args:
+        model: A Keras model or layer.
+
+    Returns:
+        A list of `(path, variable)` pairs, `path` being
+        `<layer path>/<variable name>` (paths as `walk_layers` gives them).
+    """
+    result = []
+    for path, layer in [("", model)] + walk_layers(model):
+        for variable in _own_variables(layer):
+            result.append((f"{path}/{variable.name}".lstrip("/"), variable))
+    return result
+
+
+def _own_variables(layer):
+    children = keras_internals.child_layers(layer)
+    inside = {id(v) for child in children for v in child.weights}
+    return [v for v in layer.weights if id(v) not in inside]
 
 
 def _require_adapted(model):
@@ -325,34 +461,44 @@ def _check_model(model):
         )
 
 
-def _canonical_name(layer):
-    """The layer's name, without the numeric suffix Keras adds to auto names."""
-    default = keras.src.utils.naming.to_snake_case(type(layer).__name__)
+def _as_names(argument, value):
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    try:
+        names = list(value)
+    except TypeError:
+        raise TypeError(
+            f"`{argument}` must be a list of strings. Received: {value!r}"
+        ) from None
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(
+                f"`{argument}` must be a list of strings. Received: {value!r}"
+            )
+    return names
+
+
+def _to_snake_case(name):
+    # As Keras names layers by default (keras.src.utils.naming).
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def _stable_name(layer):
+    """The layer's name, or its class's default name if Keras generated it."""
+    default = _to_snake_case(type(layer).__name__)
     if re.fullmatch(re.escape(default) + r"(_\d+)?", layer.name):
         return default
     return layer.name
 
 
-def _walk(model):
-    """Depth-first walk: `(path, layer, [(parent, ...)])` for each sublayer.
-
-    The third item lists every parent that holds the layer, so a replacement
-    can update all references.
-    """
-    entries, index = [], {}
-
-    def visit(layer, prefix):
-        for child in layer._layers:
-            if id(child) in index:
-                entries[index[id(child)]][2].append(layer)
-                continue
-            path = f"{prefix}{_canonical_name(child)}"
-            index[id(child)] = len(entries)
-            entries.append((path, child, [layer]))
-            visit(child, path + "/")
-
-    visit(model, "")
-    return entries
+def _unique(name, used):
+    count = used.get(name, 0)
+    used[name] = count + 1
+    return name if count == 0 else f"{name}_{count}"
 
 
 def _block_index(path):
@@ -364,12 +510,15 @@ def _block_index(path):
 
 
 def _select_targets(walk, names, paths, blocks):
-    if names is None and paths is None:
-        names = DEFAULT_TARGET_LAYER_NAMES
     names = set(names or ())
-    patterns = [re.compile(p) for p in paths or ()]
+    try:
+        patterns = [re.compile(p) for p in paths or ()]
+    except re.error as error:
+        raise ValueError(
+            f"Invalid regular expression in `target_paths`: {error}"
+        ) from None
     candidates, targets = [], []
-    for path, layer, _ in walk:
+    for path, layer in walk:
         is_linear = isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense))
         if is_linear:
             candidates.append(path)
@@ -403,69 +552,19 @@ def _pattern_value(pattern, path, default):
 
 
 def _validate_target(path, layer, n_frequency):
-    if not layer.built:
-        raise ValueError(f"Target layer {path!r} is not built; build the model first.")
     try:
-        check_wrappable(layer)
+        check_adaptable(layer)
     except (TypeError, ValueError) as error:
         raise type(error)(f"Cannot adapt {path!r}: {error}") from None
-    view = kernel_view(layer, layer.kernel.shape)
+    view = kernel_view(layer, float_kernel_shape(layer))
     size = view["in_features"] * view["out_features"]
-    if not isinstance(n_frequency, int) or not 0 < n_frequency <= size:
+    if n_frequency > size:
         raise ValueError(
             f"n_frequency={n_frequency!r} does not fit layer {path!r}: its "
             f"{view['in_features']}x{view['out_features']} weight has {size} "
             "entries. Use a positive n_frequency of at most that (e.g. via "
             "`n_frequency_pattern`)."
         )
-
-
-def _replace_layer(model, parents, old, new):
-    for parent in parents:
-        _replace_in_graph(getattr(parent, "_functional", None), old, new)
-        _replace_in_graph(parent, old, new)
-        tracker = parent._tracker
-        if tracker.is_in_store("layers", old):
-            tracker.replace_tracked_value("layers", old, new)
-        # On the torch backend layers are `torch.nn.Module`s, which keep
-        # their sublayers in `_modules` rather than in the instance dict.
-        modules = getattr(parent, "_modules", None)
-        for name, value in list((modules or {}).items()):
-            if value is old:
-                modules[name] = new
-        for name, value in list(vars(parent).items()):
-            if name in ("_layers", "_tracker", "_modules"):
-                continue
-            if value is old:
-                object.__setattr__(parent, name, new)
-            elif isinstance(value, list):
-                for i, item in enumerate(value):
-                    if item is old:
-                        value[i] = new
-
-
-def _replace_in_graph(function, old, new):
-    """Points a Functional graph's nodes for `old` at `new`."""
-    operations = getattr(function, "_operations", None)
-    if operations is None or not any(op is old for op in operations):
-        return
-    nodes = list(old._inbound_nodes)
-    for node in nodes:
-        node.operation = new
-        for tensor in node.outputs:
-            tensor._keras_history = tensor._keras_history._replace(operation=new)
-    new._inbound_nodes = nodes
-    new._outbound_nodes = list(old._outbound_nodes)
-    function._operations = [new if op is old else op for op in operations]
-    for depth, ops in function._operations_by_depth.items():
-        function._operations_by_depth[depth] = [new if op is old else op for op in ops]
-    old_prefix = f"{id(old)}_ib-"
-    function._nodes = {
-        key.replace(old_prefix, f"{id(new)}_ib-", 1)
-        if key.startswith(old_prefix)
-        else key
-        for key in function._nodes
-    }
 
 
 def _freeze(model, bias, trainable_layers):
@@ -479,7 +578,7 @@ def _freeze(model, bias, trainable_layers):
         keep |= {id(v) for v in model.weights if id(v) not in inside}
     if trainable_layers:
         patterns = [re.compile(p) for p in trainable_layers]
-        for path, layer, _ in _walk(model):
+        for path, layer in walk_layers(model):
             if layer.name in trainable_layers or any(p.search(path) for p in patterns):
                 keep |= {id(v) for v in layer.weights}
     adapted = [layer for _, layer in fourier_layers(model)]
@@ -510,35 +609,3 @@ def _summarize(model, adapted):
 
 def _size(variable):
     return math.prod(variable.shape)
-
-
-def walk_layers(model):
-    """Returns `(path, layer)` for every sublayer of a model, depth first.
-
-    Paths are those of `fourier_layers`: layer names from the model down,
-    auto-generated names without their numeric suffix.
-
-    Args:
-        model: A Keras model or layer.
-
-    Returns:
-        A list of `(path, layer)` pairs.
-    """
-    return [(path, layer) for path, layer, _ in _walk(model)]
-
-
-def owned_variables(model):
-    """Returns `(path, variable)` for every variable, by owning layer's path.
-
-    Args:
-        model: A Keras model or layer.
-
-    Returns:
-        A list of `(path, variable)` pairs, `path` being
-        `<layer path>/<variable name>`.
-    """
-    result = []
-    for path, layer in [("", model)] + walk_layers(model):
-        for variable in layer._trainable_variables + layer._non_trainable_variables:
-            result.append((f"{path}/{variable.name}".lstrip("/"), variable))
-    return result

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_fourierft import FourierDense
+from keras_fourierft import FourierEinsumDense
 from keras_fourierft import enable_fourierft
 from keras_fourierft import fourier_layers
 from keras_fourierft import load_fourierft_weights
@@ -178,7 +178,7 @@ def test_failed_save_keeps_previous_file(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(FourierDense, "adapter_config", crash)
+    monkeypatch.setattr(FourierEinsumDense, "adapter_config", crash)
     with pytest.raises(RuntimeError, match="disk full"):
         save_fourierft_weights(changed, path)
     monkeypatch.undo()

@@ -6,6 +6,8 @@ import pytest
 from keras import ops
 
 from keras_fourierft import FourierDense
+from keras_fourierft import FourierEinsumDense
+from keras_fourierft import adapt_layer
 from keras_fourierft import frequency_locations
 from keras_fourierft import kernel_view
 from tests.helpers import gradient
@@ -35,18 +37,23 @@ def _numpy_delta(spectrum, locations, in_features, out_features, scaling):
     return (scaling * np.fft.ifft2(spectrum_matrix).real).T
 
 
+COMPUTE = ["dense", "activation"]
+
+
+@pytest.mark.parametrize("compute", COMPUTE)
 @pytest.mark.parametrize("case", range(3))
-def test_dense_forward_matches_peft(case, peft_layers, peft_cases):
+def test_dense_forward_matches_peft(case, compute, peft_layers, peft_cases):
     c = peft_cases[case]
     dense = keras.layers.Dense(c["out_features"])
     dense.build((None, c["in_features"]))
     dense.kernel.assign(peft_layers[f"case{case}_base_weight"].T)
     dense.bias.assign(peft_layers[f"case{case}_base_bias"])
-    layer = FourierDense(
+    layer = adapt_layer(
         dense,
         n_frequency=c["n_frequency"],
         scaling=c["scaling"],
         seed=c["random_loc_seed"],
+        compute=compute,
     )
     layer.set_spectrum(peft_layers[f"case{case}_coefficients"])
     y = ops.convert_to_numpy(layer(peft_layers[f"case{case}_x"]))
@@ -54,14 +61,14 @@ def test_dense_forward_matches_peft(case, peft_layers, peft_cases):
 
 
 def test_only_coefficients_are_trainable():
-    layer = FourierDense(_dense(12, 10), n_frequency=7)
+    layer = adapt_layer(_dense(12, 10), n_frequency=7)
     assert [v.name for v in layer.trainable_weights] == ["coefficients"]
     assert tuple(layer.coefficients.shape) == (7,)
     assert sorted(v.name for v in layer.non_trainable_weights) == ["bias", "kernel"]
 
 
 def test_unbuilt_layer_is_built_on_first_call():
-    layer = FourierDense(keras.layers.Dense(6, name="proj"), n_frequency=5)
+    layer = FourierDense(6, name="proj", n_frequency=5)
     assert not layer.built
     y = layer(np.ones((2, 4), "float32"))
     assert tuple(y.shape) == (2, 6)
@@ -69,35 +76,71 @@ def test_unbuilt_layer_is_built_on_first_call():
     assert [v.name for v in layer.trainable_weights] == ["coefficients"]
 
 
+# (equation, output_shape, input_shape, expected in x out, kernel_from_2d):
+# the last item builds the kernel from its 2-D (input, output) view by hand,
+# independently of `kernel_view`, for the reference below.
 EINSUM_CASES = [
-    # (equation, output_shape, input_shape, expected in x out)
-    ("abc,cde->abde", (None, 3, 4), (2, 5, 16), (16, 12)),  # BERT/ViT query
-    ("btd,ndh->btnh", (None, 3, 4), (2, 5, 16), (16, 12)),  # Gemma query
-    ("abcd,cde->abe", (None, 16), (2, 5, 3, 4), (12, 16)),  # attention output
-    ("btnh,nhd->btd", (None, 16), (2, 5, 3, 4), (12, 16)),  # Gemma output
-    ("...b,bc->...c", (10,), (2, 3, 7), (7, 10)),
+    # BERT/ViT query: kernel (hidden, heads, head_dim)
+    (
+        "abc,cde->abde",
+        (None, 3, 4),
+        (2, 5, 16),
+        (16, 12),
+        lambda m: m.reshape(16, 3, 4),
+    ),
+    # Gemma query: kernel (heads, hidden, head_dim)
+    (
+        "btd,ndh->btnh",
+        (None, 3, 4),
+        (2, 5, 16),
+        (16, 12),
+        lambda m: m.reshape(16, 3, 4).transpose(1, 0, 2),
+    ),
+    # attention output: kernel (heads, head_dim, hidden)
+    (
+        "abcd,cde->abe",
+        (None, 16),
+        (2, 5, 3, 4),
+        (12, 16),
+        lambda m: m.reshape(3, 4, 16),
+    ),
+    # Gemma output: kernel (heads, head_dim, hidden)
+    (
+        "btnh,nhd->btd",
+        (None, 16),
+        (2, 5, 3, 4),
+        (12, 16),
+        lambda m: m.reshape(3, 4, 16),
+    ),
+    # input axes (heads, head_dim), kernel axes (head_dim, heads, out)
+    (
+        "bthd,dhe->bte",
+        (None, 8),
+        (2, 5, 3, 4),
+        (12, 8),
+        lambda m: m.reshape(4, 3, 8),
+    ),
+    ("...b,bc->...c", (10,), (2, 3, 7), (7, 10), lambda m: m),
 ]
 
 
-@pytest.mark.parametrize("equation, output_shape, input_shape, view", EINSUM_CASES)
+@pytest.mark.parametrize("compute", COMPUTE)
+@pytest.mark.parametrize(
+    "equation, output_shape, input_shape, view, from_2d", EINSUM_CASES
+)
 def test_einsum_forward_matches_numpy_reference(
-    equation, output_shape, input_shape, view
+    equation, output_shape, input_shape, view, from_2d, compute
 ):
     base = _einsum(equation, output_shape, input_shape)
     kernel = ops.convert_to_numpy(base.kernel)
     info = kernel_view(equation, kernel.shape)
     assert (info["in_features"], info["out_features"]) == view
-    layer = FourierDense(base, n_frequency=20, scaling=3.0, seed=11)
+    layer = adapt_layer(base, n_frequency=20, scaling=3.0, seed=11, compute=compute)
     spectrum = np.random.default_rng(1).normal(size=20).astype("float32")
     layer.set_spectrum(spectrum)
     locations = frequency_locations(view[1], view[0], 20, seed=11)
     delta_2d = _numpy_delta(spectrum, locations, view[0], view[1], 3.0)
-    # Independent reference: the 2-D view flattens input axes and output axes
-    # in the kernel's own order.
-    permuted = kernel.transpose(info["permutation"]).reshape(view) + delta_2d
-    adapted_kernel = permuted.reshape(
-        [kernel.shape[a] for a in info["permutation"]]
-    ).transpose(np.argsort(info["permutation"]))
+    adapted_kernel = kernel + from_2d(delta_2d)
     x = np.random.default_rng(2).normal(size=input_shape).astype("float32")
     expected = np.einsum(equation, x, adapted_kernel)
     y = ops.convert_to_numpy(layer(x))
@@ -108,7 +151,7 @@ def test_bert_query_view_is_transposed_linear_weight():
     base = _einsum("abc,cde->abde", (None, 3, 4), (1, 2, 16))
     kernel = ops.convert_to_numpy(base.kernel)
     linear_weight = kernel.reshape(16, 12).T  # HF (out, in)
-    layer = FourierDense(base, n_frequency=10, seed=4)
+    layer = adapt_layer(base, n_frequency=10, seed=4)
     delta = ops.convert_to_numpy(layer.delta_weight()).reshape(16, 12)
     locations = frequency_locations(12, 16, 10, seed=4)
     spectrum = ops.convert_to_numpy(layer.spectrum)
@@ -118,7 +161,7 @@ def test_bert_query_view_is_transposed_linear_weight():
 
 
 def test_gradient_matches_finite_differences():
-    layer = FourierDense(_dense(6, 5), n_frequency=8, scaling=10.0)
+    layer = adapt_layer(_dense(6, 5), n_frequency=8, scaling=10.0, lr_multiplier=1.0)
     x = np.random.default_rng(3).normal(size=(4, 5)).astype("float32")
 
     def loss():
@@ -141,8 +184,8 @@ def test_gradient_matches_finite_differences():
 
 def test_lr_multiplier_keeps_function_and_scales_storage():
     base = _dense(6, 5)
-    plain = FourierDense(_dense(6, 5), n_frequency=8, coefficient_initializer="zeros")
-    boosted = FourierDense(
+    plain = adapt_layer(_dense(6, 5), n_frequency=8, coefficient_initializer="zeros")
+    boosted = adapt_layer(
         base, n_frequency=8, lr_multiplier=50.0, coefficient_initializer="zeros"
     )
     spectrum = np.arange(8, dtype="float32")
@@ -161,9 +204,9 @@ def test_zero_init_is_identity_and_normal_init_is_not():
     base = _dense(6, 5)
     x = np.ones((2, 5), "float32")
     expected = ops.convert_to_numpy(base(x))
-    zero = FourierDense(base, n_frequency=8, coefficient_initializer="zeros")
+    zero = adapt_layer(base, n_frequency=8, coefficient_initializer="zeros")
     np.testing.assert_allclose(ops.convert_to_numpy(zero(x)), expected, atol=1e-6)
-    normal = FourierDense(_dense(6, 5), n_frequency=8)
+    normal = adapt_layer(_dense(6, 5), n_frequency=8)
     spectrum = ops.convert_to_numpy(normal.spectrum)
     assert spectrum.std() > 0.3
     assert np.abs(ops.convert_to_numpy(normal(x)) - expected).max() > 1e-3
@@ -172,7 +215,7 @@ def test_zero_init_is_identity_and_normal_init_is_not():
 def test_merge_unmerge_and_plain_export():
     base = _dense(9, 7, activation="relu")
     original = ops.convert_to_numpy(base.kernel).copy()
-    layer = FourierDense(base, n_frequency=12)
+    layer = adapt_layer(base, n_frequency=12)
     x = np.random.default_rng(5).normal(size=(3, 7)).astype("float32")
     adapted = ops.convert_to_numpy(layer(x))
     layer.merge()
@@ -193,7 +236,7 @@ def test_merge_unmerge_and_plain_export():
 
 def test_einsum_plain_export():
     base = _einsum("btd,ndh->btnh", (None, 3, 4), (2, 5, 16))
-    layer = FourierDense(base, n_frequency=30)
+    layer = adapt_layer(base, n_frequency=30)
     x = np.random.default_rng(6).normal(size=(2, 5, 16)).astype("float32")
     plain = layer.to_plain_layer()
     assert type(plain) is keras.layers.EinsumDense
@@ -206,7 +249,7 @@ def test_disabled_adapter_gives_base_output():
     base = _dense(4, 3)
     x = np.ones((1, 3), "float32")
     expected = ops.convert_to_numpy(base(x))
-    layer = FourierDense(base, n_frequency=5)
+    layer = adapt_layer(base, n_frequency=5)
     layer.adapter_enabled = False
     np.testing.assert_allclose(ops.convert_to_numpy(layer(x)), expected, atol=1e-6)
 
@@ -214,8 +257,10 @@ def test_disabled_adapter_gives_base_output():
 def test_safe_merge_refuses_non_finite():
     base = _dense(4, 3)
     original = ops.convert_to_numpy(base.kernel).copy()
-    layer = FourierDense(base, n_frequency=5, coefficient_initializer="zeros")
-    layer.set_spectrum([np.inf, 0, 0, 0, 0])
+    layer = adapt_layer(base, n_frequency=5, coefficient_initializer="zeros")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        layer.set_spectrum([np.inf, 0, 0, 0, 0])
+    layer.coefficients.assign(np.array([np.inf, 0, 0, 0, 0], "float32"))
     with pytest.raises(ValueError, match="non-finite"):
         layer.merge(safe_merge=True)
     assert not layer.merged
@@ -226,7 +271,7 @@ def test_safe_merge_refuses_non_finite():
 def test_mixed_precision_fit(policy):
     keras.config.set_dtype_policy(policy)
     inputs = keras.Input((8,))
-    hidden = FourierDense(keras.layers.Dense(16), n_frequency=20, scaling=10.0)
+    hidden = FourierDense(16, n_frequency=20, scaling=10.0)
     outputs = keras.layers.Dense(1, dtype="float32")(hidden(inputs))
     model = keras.Model(inputs, outputs)
     assert hidden.compute_dtype == policy.split("_")[1]
@@ -243,10 +288,8 @@ def test_mixed_precision_fit(policy):
 
 def _small_model():
     inputs = keras.Input((6,))
-    x = FourierDense(keras.layers.Dense(8, activation="relu"), n_frequency=10)(inputs)
-    x = FourierDense(
-        keras.layers.EinsumDense("ab,bc->ac", (5,), bias_axes="c"), n_frequency=9
-    )(x)
+    x = FourierDense(8, activation="relu", n_frequency=10)(inputs)
+    x = FourierEinsumDense("ab,bc->ac", (5,), bias_axes="c", n_frequency=9)(x)
     return keras.Model(inputs, x)
 
 
@@ -258,6 +301,7 @@ def test_keras_file_round_trip(tmp_path):
     model.save(path)
     restored = keras.saving.load_model(path)
     assert isinstance(restored.layers[1], FourierDense)
+    assert isinstance(restored.layers[2], FourierEinsumDense)
     assert restored.layers[2].n_frequency == 9
     np.testing.assert_allclose(ops.convert_to_numpy(restored(x)), expected, atol=1e-6)
 
@@ -288,7 +332,7 @@ def test_merged_layer_saves_unmerged_kernel(tmp_path):
 
 
 def test_get_config_round_trip():
-    layer = FourierDense(
+    layer = adapt_layer(
         _dense(5, 4),
         n_frequency=6,
         scaling=20.0,
@@ -297,6 +341,7 @@ def test_get_config_round_trip():
         lr_multiplier=4.0,
     )
     clone = FourierDense.from_config(layer.get_config())
+    assert clone.lr_multiplier == 4.0 and clone.seed == 3
     clone.build((None, 4))
     assert clone.get_config() == layer.get_config()
     np.testing.assert_array_equal(clone.locations, layer.locations)
@@ -304,30 +349,36 @@ def test_get_config_round_trip():
 
 def test_rejects_bad_input():
     with pytest.raises(ValueError, match="positive integer"):
-        FourierDense(_dense(4, 3), n_frequency=0)
-    with pytest.raises(ValueError, match="larger than the number of entries"):
-        FourierDense(_dense(4, 3), n_frequency=13)
+        adapt_layer(_dense(4, 3), n_frequency=0)
+    with pytest.raises(ValueError, match="does not fit"):
+        adapt_layer(_dense(4, 3), n_frequency=13)
     with pytest.raises(TypeError, match="Dense"):
-        FourierDense(keras.layers.Conv1D(3, 2))
-    wrapped = FourierDense(_dense(4, 3), n_frequency=3)
-    with pytest.raises(ValueError, match="already a FourierDense"):
-        FourierDense(wrapped)
+        adapt_layer(keras.layers.Conv1D(3, 2))
+    adapted = adapt_layer(_dense(4, 3), n_frequency=3)
+    with pytest.raises(ValueError, match="already has a FourierFT adapter"):
+        adapt_layer(adapted)
     lora = _dense(4, 3)
     lora.enable_lora(2)
     with pytest.raises(ValueError, match="LoRA"):
-        FourierDense(lora)
+        adapt_layer(lora)
     with pytest.raises(ValueError, match="kernel_constraint"):
-        FourierDense(_dense(4, 3, kernel_constraint="non_neg"))
+        adapt_layer(_dense(4, 3, kernel_constraint="non_neg"))
     with pytest.raises(ValueError, match="sampling"):
-        FourierDense(_dense(4, 3), sampling="other")
+        adapt_layer(_dense(4, 3), sampling="other")
     with pytest.raises(ValueError, match="lr_multiplier"):
-        FourierDense(_dense(4, 3), n_frequency=2, lr_multiplier=0)
+        adapt_layer(_dense(4, 3), n_frequency=2, lr_multiplier=0)
     with pytest.raises(ValueError, match="n_frequency"):
-        FourierDense(_dense(4, 3), n_frequency=2.5)
+        adapt_layer(_dense(4, 3), n_frequency=2.5)
+    with pytest.raises(ValueError, match="compute"):
+        adapt_layer(_dense(4, 3), n_frequency=2, compute="sparse")
+    with pytest.raises(TypeError, match="adapt_layer"):
+        FourierDense(_dense(4, 3), n_frequency=2)
 
 
 def test_rejected_wrap_leaves_layer_untouched():
     base = _dense(4, 3)
     with pytest.raises(ValueError):
-        FourierDense(base, n_frequency=100)
+        adapt_layer(base, n_frequency=100)
+    assert type(base) is keras.layers.Dense
     assert base.kernel.trainable and base.bias.trainable
+    assert [v.name for v in base.weights] == ["kernel", "bias"]

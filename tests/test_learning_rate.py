@@ -3,8 +3,8 @@
 import keras
 import numpy as np
 
-from keras_fourierft import FourierDense
-from keras_fourierft.surgery import DEFAULT_LR_MULTIPLIER
+from keras_fourierft import adapt_layer
+from keras_fourierft.config import DEFAULT_LR_MULTIPLIER
 
 
 def _final_loss_ratio(lr_multiplier):
@@ -13,7 +13,7 @@ def _final_loss_ratio(lr_multiplier):
     x = rng.normal(size=(256, 32)).astype("float32")
     teacher = keras.layers.Dense(32, use_bias=False)
     teacher.build((None, 32))
-    adapted_teacher = FourierDense(
+    adapted_teacher = adapt_layer(
         teacher, n_frequency=64, scaling=150.0, coefficient_initializer="zeros"
     )
     adapted_teacher.set_spectrum(rng.normal(size=64))
@@ -21,7 +21,7 @@ def _final_loss_ratio(lr_multiplier):
     student_base = keras.layers.Dense(32, use_bias=False)
     student_base.build((None, 32))
     student_base.kernel.assign(teacher.kernel)
-    student = FourierDense(
+    student = adapt_layer(
         student_base,
         n_frequency=64,
         scaling=150.0,

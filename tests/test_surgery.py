@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_fourierft import FourierDense
 from keras_fourierft import enable_fourierft
 from keras_fourierft import fourier_layers
 from keras_fourierft import merge_fourierft
 from keras_fourierft import set_fourierft_enabled
 from keras_fourierft import unload_fourierft
 from keras_fourierft import unmerge_fourierft
+from keras_fourierft.layers import is_adapted
 from tests import models
 from tests.helpers import assert_same_weights
 from tests.helpers import snapshot
@@ -23,13 +23,15 @@ def test_bert_classifier_targets_counts_and_head():
     assert len(paths) == 4
     assert all(p.endswith(("/query", "/value")) for p in paths)
     assert summary.coefficient_params == 4 * 20
-    trainable = {v.path for v in model.trainable_weights}
-    assert trainable == {
-        "query/coefficients",
-        "value/coefficients",
-        "logits/kernel",
+    trainable = sorted(v.path for v in model.trainable_weights)
+    assert trainable == [
         "logits/bias",
-    }
+        "logits/kernel",
+        "transformer_layer_0/self_attention_layer/query/coefficients",
+        "transformer_layer_0/self_attention_layer/value/coefficients",
+        "transformer_layer_1/self_attention_layer/query/coefficients",
+        "transformer_layer_1/self_attention_layer/value/coefficients",
+    ]
     head = 16 * 2 + 2
     assert summary.other_trainable_params == head
     assert sum(int(np.prod(v.shape)) for v in model.trainable_weights) == 80 + head
@@ -98,7 +100,10 @@ def test_graph_models_forward_fit_and_keras_file(build, tmp_path):
         coefficient_initializer="zeros",
         trainable_layers=["head"],
     )
-    assert all(isinstance(layer, FourierDense) for _, layer in fourier_layers(model))
+    targets = [layer for layer in model.layers if layer.name in ("query", "value")]
+    assert len(targets) == {"sequential": 1, "functional": 2}[build.__name__]
+    assert [layer for _, layer in fourier_layers(model)] == targets
+    assert all(is_adapted(layer) for layer in targets)
     np.testing.assert_allclose(model.predict(x, verbose=0), expected, atol=1e-5)
     model.compile(optimizer="adam", loss="mse")
     model.fit(x, np.ones((8, 3)), epochs=2, verbose=0)
@@ -122,7 +127,7 @@ def test_subclassed_model_and_lists():
         coefficient_initializer="zeros",
     )
     assert len(summary.layers) == 3
-    assert isinstance(model.blocks[1], FourierDense)
+    assert is_adapted(model.blocks[1])
     np.testing.assert_allclose(ops.convert_to_numpy(model(x)), expected, atol=1e-5)
 
 
@@ -171,9 +176,7 @@ def test_merge_disable_and_unload_to_plain_model(tmp_path):
     path = str(tmp_path / "plain.keras")
     model.save(path)
     restored = keras.saving.load_model(path)
-    assert not any(
-        isinstance(layer, FourierDense) for layer in restored._flatten_layers()
-    )
+    assert not any(is_adapted(layer) for layer in restored._flatten_layers())
     np.testing.assert_allclose(restored.predict(x, verbose=0), adapted, atol=1e-4)
 
 

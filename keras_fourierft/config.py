@@ -1,0 +1,186 @@
+"""`FourierFTConfig`: the settings of one FourierFT adapter, checked once."""
+
+import dataclasses
+import math
+import numbers
+
+import numpy as np
+
+SAMPLINGS = ("uniform", "frequency_biased")
+COMPUTE_MODES = ("auto", "dense", "activation")
+INITIALIZERS = ("normal", "zeros")
+DEFAULT_LR_MULTIPLIER = 30.0
+
+# The fields that define an adapter's spectrum: two adapters with equal
+# values here (and equal 2-D shapes) place their coefficients identically.
+SPECTRUM_FIELDS = (
+    "n_frequency",
+    "scaling",
+    "seed",
+    "sampling",
+    "center_frequency",
+    "bandwidth",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class FourierFTConfig:
+    """The settings of a FourierFT adapter, validated on creation.
+
+    One object carries them everywhere: the layers, `enable_fourierft`,
+    adapter files, PEFT folders and `.keras` files, so each setting is
+    checked in one place.
+
+    Args:
+        n_frequency: Positive integer, the number of trainable spectral
+            coefficients per adapted layer.
+        scaling: Finite float, the factor `alpha` of the update.
+        seed: Integer in `[0, 2**32)`, the seed of the frequency locations
+            (PEFT's `random_loc_seed`).
+        sampling: `"uniform"` (PEFT's) or `"frequency_biased"` (paper Eq. 5).
+        center_frequency: Non-negative float, `f_c` for frequency-biased
+            sampling.
+        bandwidth: Positive float, `W` for frequency-biased sampling.
+        coefficient_initializer: `"normal"` (N(0, 1), PEFT's and the paper's
+            default) or `"zeros"` (start from the pretrained function).
+        lr_multiplier: Positive finite float: the variable stores
+            `spectrum / lr_multiplier`, which multiplies the coefficients'
+            effective learning rate under Adam-family optimizers.
+        compute: `"auto"`, `"dense"` or `"activation"`: how a layer applies
+            the update in training (see `FourierDense`).
+
+    Example:
+
+    >>> config = FourierFTConfig(n_frequency=1000, scaling=150.0)
+    >>> config.to_dict()["n_frequency"]
+    1000
+    """
+
+    n_frequency: int = 1000
+    scaling: float = 150.0
+    seed: int = 777
+    sampling: str = "uniform"
+    center_frequency: float | None = None
+    bandwidth: float | None = None
+    coefficient_initializer: str = "normal"
+    lr_multiplier: float = DEFAULT_LR_MULTIPLIER
+    compute: str = "auto"
+
+    def __post_init__(self):
+        set_ = object.__setattr__
+        set_(self, "n_frequency", _positive_int("n_frequency", self.n_frequency))
+        set_(self, "scaling", _finite_float("scaling", self.scaling))
+        set_(self, "seed", _seed(self.seed))
+        set_(self, "sampling", _choice("sampling", self.sampling, SAMPLINGS))
+        set_(self, "compute", _choice("compute", self.compute, COMPUTE_MODES))
+        set_(
+            self,
+            "coefficient_initializer",
+            _choice(
+                "coefficient_initializer", self.coefficient_initializer, INITIALIZERS
+            ),
+        )
+        multiplier = _finite_float("lr_multiplier", self.lr_multiplier)
+        if multiplier <= 0:
+            raise ValueError(
+                "`lr_multiplier` must be positive. Received: "
+                f"lr_multiplier={self.lr_multiplier!r}"
+            )
+        set_(self, "lr_multiplier", multiplier)
+        if self.sampling == "frequency_biased":
+            center = _finite_float("center_frequency", self.center_frequency)
+            width = _finite_float("bandwidth", self.bandwidth)
+            if center < 0 or width <= 0:
+                raise ValueError(
+                    "Frequency-biased sampling needs center_frequency >= 0 and "
+                    f"bandwidth > 0. Received: center_frequency={center}, "
+                    f"bandwidth={width}"
+                )
+            set_(self, "center_frequency", center)
+            set_(self, "bandwidth", width)
+        else:
+            set_(self, "center_frequency", None)
+            set_(self, "bandwidth", None)
+
+    def replace(self, **changes):
+        """Returns a copy with some fields changed (validated again).
+
+        Args:
+            **changes: Field values to change.
+
+        Returns:
+            A new `FourierFTConfig`.
+        """
+        return dataclasses.replace(self, **changes)
+
+    def spectrum_key(self):
+        """The fields that decide where coefficients go, as a tuple."""
+        return tuple(getattr(self, name) for name in SPECTRUM_FIELDS)
+
+    def to_dict(self):
+        """Returns the settings as a JSON-compatible dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values, source="config"):
+        """Builds a config from a dict, refusing unknown or invalid fields.
+
+        Args:
+            values: A dict of settings (e.g. read from a file).
+            source: How error messages name where the dict came from.
+
+        Returns:
+            A `FourierFTConfig`.
+        """
+        if not isinstance(values, dict):
+            raise ValueError(
+                f"{source}: expected a dict of FourierFT settings, got "
+                f"{type(values).__name__}."
+            )
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown FourierFT settings {unknown}.")
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{source}: {error}") from None
+
+
+def _positive_int(name, value):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise ValueError(
+            f"`{name}` must be a positive integer. Received: {name}={value!r}"
+        )
+    if value <= 0:
+        raise ValueError(
+            f"`{name}` must be a positive integer. Received: {name}={value!r}"
+        )
+    return int(value)
+
+
+def _seed(value):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise ValueError(
+            f"`seed` must be an integer in [0, 2**32). Received: seed={value!r}"
+        )
+    if not 0 <= value < 2**32:
+        raise ValueError(
+            f"`seed` must be an integer in [0, 2**32). Received: seed={value!r}"
+        )
+    return int(value)
+
+
+def _finite_float(name, value):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ValueError(f"`{name}` must be a finite number. Received: {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"`{name}` must be a finite number. Received: {value!r}")
+    return value
+
+
+def _choice(name, value, choices):
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"`{name}` must be one of {choices}. Received: {value!r}")
+    return value
