@@ -1,18 +1,22 @@
 """Adapter-layer benchmark: one adapted projection, forward + backward.
 
-Isolates the adapter from the model around it: a single `Dense` projection
-(d -> d, as BERT's query and value) on a batch of tokens, with the gradient
-taken with respect to the trainable weights *and* the input (as inside a
-network). Methods, timed interleaved, median of repeats:
+Isolates the adapter from the model around it: a single projection (BERT's
+query/value, Llama-2-7B's q/k/v/o and MLP, Gemma-2B's EinsumDense query) on
+a batch of tokens, with the gradient taken with respect to the trainable
+weights *and* the input (as inside a network). Methods, timed interleaved,
+median of repeats:
 
 - `frozen`: the plain layer, frozen (gradient with respect to the input only);
-- `lora`: Keras LoRA r=8 (`Dense.enable_lora`);
-- `fourierft`: this package's `FourierDense`, n = 1000;
-- with `--with-peft` (torch backend): HF PEFT's LoRA r=8 and FourierFT
-  n = 1000 layers on a `torch.nn.Linear` of the same shape.
+- `lora`: Keras LoRA r=8 (`enable_lora`);
+- `fourierft`: this package's adapted layer, n = 1000, `compute="auto"`;
+- `fourierft_dense`, `fourierft_activation`: the same with each compute path
+  forced;
+- with `--with-peft` (torch backend, Dense shapes): HF PEFT's LoRA r=8 and
+  FourierFT n = 1000 layers on a `torch.nn.Linear` of the same shape.
 
-Prints one JSON object with `fourierft_over_lora` and, with PEFT,
-`fourierft_over_peft_fourierft` per shape.
+Prints one JSON object with, per shape, the medians and the ratios
+`fourierft_over_lora`, `fourierft_over_frozen`, `auto_over_best_path` and,
+with PEFT, `fourierft_over_peft_fourierft`.
 
 Usage:
     python benchmarks/adapter_layer.py --backend torch --with-peft
@@ -36,17 +40,38 @@ from common import report  # noqa: E402
 
 import keras_fourierft  # noqa: E402
 
-# (hidden size, batch, sequence length): MiniLM-L6 and BERT-base settings.
-SHAPES = {"minilm": (384, 32, 64), "bert-base": (768, 32, 128)}
+# name: (layer kind, input features, output shape, batch, sequence length)
+SHAPES = {
+    "minilm": ("dense", 384, (384,), 32, 64),
+    "bert-base": ("dense", 768, (768,), 32, 128),
+    "llama-attn-512": ("dense", 4096, (4096,), 1, 512),
+    "llama-attn-4096": ("dense", 4096, (4096,), 1, 4096),
+    "llama-mlp-512": ("dense", 4096, (11008,), 1, 512),
+    "llama-mlp-4096": ("dense", 4096, (11008,), 1, 4096),
+    "gemma-query-512": ("einsum", 2048, (8, 256), 1, 512),
+    "gemma-query-4096": ("einsum", 2048, (8, 256), 1, 4096),
+}
+DEFAULT_SHAPES = ["minilm", "bert-base", "llama-attn-512", "gemma-query-512"]
+COMPUTE = {
+    "fourierft": "auto",
+    "fourierft_dense": "dense",
+    "fourierft_activation": "activation",
+}
 
 
-def keras_layer(method, dim, n_frequency, rank):
-    layer = keras.layers.Dense(dim)
+def keras_layer(method, shape, n_frequency, rank):
+    kind, dim, output, _, _ = shape
+    if kind == "dense":
+        layer = keras.layers.Dense(output[0])
+    else:
+        layer = keras.layers.EinsumDense("btd,ndh->btnh", (None,) + output)
     layer.build((None, None, dim))
     if method == "lora":
         layer.enable_lora(rank)
-    elif method == "fourierft":
-        keras_fourierft.adapt_layer(layer, n_frequency=n_frequency)
+    elif method in COMPUTE:
+        keras_fourierft.adapt_layer(
+            layer, n_frequency=n_frequency, compute=COMPUTE[method]
+        )
     else:
         layer.trainable = False
     return layer
@@ -112,14 +137,14 @@ def _torch_parameters(module):
     return list(module.parameters())
 
 
-def peft_layer(method, dim, n_frequency, rank):
+def peft_layer(method, dim, out, n_frequency, rank):
     import peft
     import torch
 
     class Projection(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.projection = torch.nn.Linear(dim, dim)
+            self.projection = torch.nn.Linear(dim, out)
 
         def forward(self, x):
             return self.projection(x)
@@ -135,20 +160,21 @@ def peft_layer(method, dim, n_frequency, rank):
 
 
 def shape_case(name, args):
-    dim, batch, length = SHAPES[name]
+    shape = SHAPES[name]
+    kind, dim, output, batch, length = shape
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch, length, dim)).astype("float32")
-    weight = rng.normal(size=(batch, length, dim)).astype("float32")
-    methods = ["frozen", "lora", "fourierft"]
-    if args.with_peft:
+    weight = rng.normal(size=(batch, length) + output).astype("float32")
+    methods = ["frozen", "lora"] + list(COMPUTE)
+    if args.with_peft and kind == "dense":
         methods += ["peft_lora", "peft_fourierft"]
     steps = {}
     for method in methods:
         if method.startswith("peft"):
-            layer = peft_layer(method, dim, args.n_frequency, args.lora_rank)
+            layer = peft_layer(method, dim, output[0], args.n_frequency, args.lora_rank)
             steps[method] = torch_step(layer, x, weight)
         else:
-            layer = keras_layer(method, dim, args.n_frequency, args.lora_rank)
+            layer = keras_layer(method, shape, args.n_frequency, args.lora_rank)
             steps[method] = keras_step(layer, x, weight)
     for step in steps.values():
         for _ in range(args.warmup):
@@ -162,9 +188,20 @@ def shape_case(name, args):
             elapsed = (time.perf_counter() - start) / args.number
             samples[method].append(elapsed * 1000.0)
     times = {method: statistics.median(samples[method]) for method in methods}
-    result = {"hidden": dim, "tokens": batch * length, "median_ms": times}
+    result = {
+        "shape": name,
+        "in_features": dim,
+        "out_features": int(np.prod(output)),
+        "tokens": batch * length,
+        "median_ms": times,
+    }
+    best = min(times["fourierft_dense"], times["fourierft_activation"])
     result["fourierft_over_lora"] = times["fourierft"] / times["lora"]
-    if args.with_peft:
+    result["fourierft_over_frozen"] = times["fourierft"] / times["frozen"]
+    result["dense_over_lora"] = times["fourierft_dense"] / times["lora"]
+    result["activation_over_lora"] = times["fourierft_activation"] / times["lora"]
+    result["auto_over_best_path"] = times["fourierft"] / best
+    if "peft_fourierft" in times:
         result["fourierft_over_peft_fourierft"] = (
             times["fourierft"] / times["peft_fourierft"]
         )
@@ -186,8 +223,8 @@ def main():
     args = parser.parse_args()
     if args.with_peft and keras.backend.backend() != "torch":
         parser.error("--with-peft needs --backend torch")
-    args.shapes = args.shapes or ["minilm", "bert-base"]
-    args.repeats, args.number, args.warmup = (5, 2, 2) if args.quick else (21, 3, 5)
+    args.shapes = args.shapes or DEFAULT_SHAPES
+    args.repeats, args.number, args.warmup = (5, 1, 1) if args.quick else (11, 2, 2)
     cases = [shape_case(name, args) for name in args.shapes]
     report(
         "adapter_layer", {"n_frequency": args.n_frequency, "cases": cases}, args.output

@@ -535,17 +535,17 @@ def ops_spectral_matmul(inputs, spectrum, plan, shape, scaling):
     return apply(ops.cast(inputs, "float32"), ops.cast(spectrum, "float32"))
 
 
-# Relative costs of the two ways to apply the update, per backend, in units
-# of one multiply-add of a dense matmul; measured with
-# `benchmarks/adapter_layer.py` (see benchmarks/RESULTS.md). `dense` pays the
-# weight gradient `x^T g` (tokens * d1 * d2) plus a 2-D FFT of the weight per
-# step; `activation` pays per token one FFT of each row (forward and
-# backward) and a gather/scatter of the n coefficients.
-_COSTS = {
-    "jax": {"fft": 6.0, "coefficient": 40.0, "weight_fft": 4.0},
-    "tensorflow": {"fft": 6.0, "coefficient": 40.0, "weight_fft": 4.0},
-    "torch": {"fft": 6.0, "coefficient": 40.0, "weight_fft": 4.0},
-}
+# Costs of the two ways to apply the update, in units of one multiply-add of
+# the weight-gradient matmul, fitted to `benchmarks/adapter_layer.py` on a
+# 2-core CPU with JAX (384x384 / 2,048 tokens, 4096x4096 and 2048x2048 /
+# 512 tokens; see benchmarks/RESULTS.md). `dense` pays the weight gradient
+# `x^T g` (tokens * d1 * d2) plus 2-D FFTs of the weight; `activation` pays
+# per token an FFT of each row (forward and backward) and the gather/scatter
+# of the n coefficients.
+_COSTS = {"fft": 95.0, "coefficient": 570.0, "weight_fft": 46.0}
+# Tokens assumed when a call's batch size is unknown at trace time
+# (TensorFlow's `fit` traces with a dynamic batch): a typical sequence.
+_UNKNOWN_TOKENS = 512
 
 
 def choose_compute(tokens, in_features, out_features, n_frequency, backend=None):
@@ -553,9 +553,8 @@ def choose_compute(tokens, in_features, out_features, n_frequency, backend=None)
 
     Args:
         tokens: Integer or None, the number of input rows of the call
-            (batch times sequence); None (unknown until run time) compares
-            the per-token costs alone, which is what decides at training
-            sizes.
+            (batch times sequence); None (unknown until run time) counts as
+            512.
         in_features: Integer `d1`.
         out_features: Integer `d2`.
         n_frequency: Integer `n`.
@@ -569,7 +568,8 @@ def choose_compute(tokens, in_features, out_features, n_frequency, backend=None)
     >>> choose_compute(512, 4096, 4096, 1000)
     'activation'
     """
-    costs = _COSTS.get(backend or keras.backend.backend(), _COSTS["jax"])
+    del backend  # One calibration serves all backends so far, see above.
+    costs = _COSTS
     d1, d2, n = int(in_features), int(out_features), int(n_frequency)
     per_token_dense = d1 * d2
     per_token_activation = (
@@ -577,8 +577,7 @@ def choose_compute(tokens, in_features, out_features, n_frequency, backend=None)
         + costs["coefficient"] * n
     )
     fixed_dense = costs["weight_fft"] * d1 * d2 * math.log2(max(d1 * d2, 2))
-    if tokens is None:
-        return "activation" if per_token_activation < per_token_dense else "dense"
+    tokens = _UNKNOWN_TOKENS if tokens is None else int(tokens)
     dense = tokens * per_token_dense + fixed_dense
     activation = tokens * per_token_activation
     return "activation" if activation < dense else "dense"
