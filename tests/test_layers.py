@@ -10,6 +10,7 @@ from keras_fourierft import FourierEinsumDense
 from keras_fourierft import adapt_layer
 from keras_fourierft import frequency_locations
 from keras_fourierft import kernel_view
+from keras_fourierft import remove_adapter
 from tests.helpers import gradient
 
 
@@ -382,3 +383,204 @@ def test_rejected_wrap_leaves_layer_untouched():
     assert type(base) is keras.layers.Dense
     assert base.kernel.trainable and base.bias.trainable
     assert [v.name for v in base.weights] == ["kernel", "bias"]
+
+
+def _grads(layer, x, weight):
+    """Gradients of sum(layer(x) * weight) w.r.t. the coefficients and x."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        x = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(layer(x) * weight)
+        dc, dx = tape.gradient(loss, [layer.coefficients.value, x])
+        return np.asarray(dc), np.asarray(dx)
+    if backend == "jax":
+        import jax
+
+        def loss(values, inputs):
+            with keras.StatelessScope(state_mapping=[(layer.coefficients, values)]):
+                return (layer(inputs) * weight).sum()
+
+        dc, dx = jax.grad(loss, argnums=(0, 1))(layer.coefficients.value, x)
+        return np.asarray(dc), np.asarray(dx)
+    import torch
+
+    inputs = torch.tensor(x, requires_grad=True)
+    value = layer.coefficients.value
+    loss = (layer(inputs) * torch.tensor(weight)).sum()
+    dc, dx = torch.autograd.grad(loss, [value, inputs])
+    return dc.numpy(), dx.numpy()
+
+
+@pytest.mark.parametrize(
+    "equation, output_shape, input_shape, view, from_2d", EINSUM_CASES[1:5]
+)
+def test_compute_paths_agree_with_gradients(
+    equation, output_shape, input_shape, view, from_2d
+):
+    layer = adapt_layer(
+        _einsum(equation, output_shape, input_shape), n_frequency=25, seed=5
+    )
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=input_shape).astype("float32")
+    results = {}
+    for compute in COMPUTE:
+        layer.compute = compute
+        y = ops.convert_to_numpy(layer(x))
+        weight = np.random.default_rng(4).normal(size=y.shape).astype("float32")
+        results[compute] = (y,) + _grads(layer, x, weight)
+    for dense, activation in zip(*results.values(), strict=True):
+        scale = np.abs(dense).max()
+        assert scale > 1e-3
+        np.testing.assert_allclose(activation, dense, atol=1e-5 * scale, rtol=1e-5)
+
+
+def test_auto_compute_picks_by_shape():
+    small = adapt_layer(_dense(16, 16), n_frequency=20)
+    big = keras.layers.Dense(4096)
+    big.build((None, 4096))
+    adapt_layer(big, n_frequency=1000)
+    rows = ops.zeros((512, 16))
+    assert small._compute_mode(rows) == "dense"
+    assert big._compute_mode(ops.zeros((512, 4096))) == "activation"
+
+
+def test_run_layer_test_for_both_classes():
+    from keras.src.testing import test_case
+
+    case = test_case.TestCase()
+    case.run_layer_test(
+        FourierDense,
+        init_kwargs={"units": 6, "n_frequency": 5, "compute": "activation"},
+        input_shape=(2, 4),
+        expected_output_shape=(2, 6),
+        expected_num_trainable_weights=1,
+        expected_num_non_trainable_weights=2,
+        supports_masking=True,
+        run_training_check=False,
+    )
+    case.run_layer_test(
+        FourierEinsumDense,
+        init_kwargs={
+            "equation": "abc,cde->abde",
+            "output_shape": (5, 3, 4),
+            "bias_axes": "de",
+            "n_frequency": 7,
+        },
+        input_shape=(2, 5, 8),
+        expected_output_shape=(2, 5, 3, 4),
+        expected_num_trainable_weights=1,
+        expected_num_non_trainable_weights=2,
+        run_training_check=False,
+    )
+
+
+def test_in_place_keeps_identity_paths_and_file_layout(tmp_path):
+    model = keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(12, name="query"), keras.layers.Dense(3)]
+    )
+    plain_file = str(tmp_path / "plain.weights.h5")
+    model.save_weights(plain_file)
+    query = model.layers[0]
+    paths = [v.path for v in model.weights]
+    adapt_layer(query, n_frequency=8)
+    assert model.layers[0] is query and isinstance(query, FourierDense)
+    assert [v.path for v in model.weights][:2] == paths[:2]
+    adapted_file = str(tmp_path / "adapted.weights.h5")
+    model.save_weights(adapted_file)
+    import h5py
+
+    with h5py.File(plain_file) as plain, h5py.File(adapted_file) as adapted:
+        assert (
+            sorted(plain["layers"])
+            == sorted(adapted["layers"])
+            == [
+                "dense",
+                "dense_1",
+            ]
+        )
+        assert len(adapted["layers/dense/vars"]) == 3
+    model.load_weights(plain_file)
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4", "float8"])
+@pytest.mark.parametrize("order", ["quantize_first", "adapt_first"])
+def test_quantized_base(mode, order):
+    rng = np.random.default_rng(0)
+    base = _dense(32, 64)
+    x = rng.normal(size=(8, 64)).astype("float32")
+    float_layer = adapt_layer(_dense(32, 64), n_frequency=40, scaling=20.0)
+    float_layer.set_spectrum(rng.normal(size=40))
+    expected = ops.convert_to_numpy(float_layer(x))
+    if order == "quantize_first":
+        base.quantize(mode)
+        adapt_layer(base, n_frequency=40, scaling=20.0)
+    else:
+        adapt_layer(base, n_frequency=40, scaling=20.0)
+        base.quantize(mode)
+    assert base.quantization_mode == mode
+    base.set_spectrum(ops.convert_to_numpy(float_layer.spectrum))
+    trainable = [v.name for v in base.trainable_weights]
+    # float8 layers update their own scale variables through gradients.
+    assert "coefficients" in trainable and not base._kernel.trainable
+    assert len(trainable) == 1 or mode == "float8"
+    y = ops.convert_to_numpy(base(x))
+    error = np.abs(y - expected).max() / np.abs(expected).max()
+    assert error < {"int8": 0.02, "int4": 0.2, "float8": 0.1}[mode], error
+    base.adapter_enabled = False
+    unadapted = ops.convert_to_numpy(base(x))
+    base.adapter_enabled = True
+    assert np.abs(y - unadapted).max() > 0.1
+    with pytest.raises(ValueError, match="quantized"):
+        base.merge()
+
+
+def test_unsupported_quantization_mode_is_refused():
+    layer = adapt_layer(_dense(4, 3), n_frequency=3)
+    with pytest.raises(ValueError, match="(?i)gptq"):
+        layer.quantize("gptq")
+
+
+def test_user_subclass_is_refused():
+    class Scaled(keras.layers.Dense):
+        def call(self, inputs):
+            return super().call(inputs) * 2
+
+    layer = Scaled(4)
+    layer.build((None, 3))
+    with pytest.raises(TypeError, match="subclass"):
+        adapt_layer(layer, n_frequency=3)
+    assert type(layer) is Scaled and len(layer.weights) == 2
+
+
+def test_merged_contract():
+    layer = adapt_layer(_dense(6, 5), n_frequency=8)
+    x = np.ones((2, 5), "float32")
+    adapted = ops.convert_to_numpy(layer(x))
+    layer.merge()
+    assert not layer.coefficients.trainable
+    with pytest.raises(ValueError, match="unmerge"):
+        layer.adapter_enabled = False
+    np.testing.assert_allclose(ops.convert_to_numpy(layer(x)), adapted, atol=1e-5)
+    layer.kernel.assign(np.zeros(layer.kernel.shape, "float32"))
+    with pytest.raises(ValueError, match="changed while"):
+        layer.unmerge()
+    assert layer.merged
+    layer.unmerge(force=True)
+    assert not layer.merged and layer.coefficients.trainable
+    layer.adapter_enabled = False
+    with pytest.raises(ValueError, match="turned off"):
+        layer.merge()
+
+
+def test_remove_adapter_in_place():
+    layer = adapt_layer(_dense(6, 5), n_frequency=8)
+    x = np.ones((2, 5), "float32")
+    adapted = ops.convert_to_numpy(layer(x))
+    remove_adapter(layer, merge=True)
+    assert type(layer) is keras.layers.Dense
+    assert [v.name for v in layer.weights] == ["kernel", "bias"]
+    np.testing.assert_allclose(ops.convert_to_numpy(layer(x)), adapted, atol=1e-5)

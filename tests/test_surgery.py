@@ -6,10 +6,13 @@ from keras import ops
 
 from keras_fourierft import enable_fourierft
 from keras_fourierft import fourier_layers
+from keras_fourierft import load_fourierft_weights
 from keras_fourierft import merge_fourierft
+from keras_fourierft import save_fourierft_weights
 from keras_fourierft import set_fourierft_enabled
 from keras_fourierft import unload_fourierft
 from keras_fourierft import unmerge_fourierft
+from keras_fourierft import walk_layers
 from keras_fourierft.layers import is_adapted
 from tests import models
 from tests.helpers import assert_same_weights
@@ -296,3 +299,119 @@ def test_real_minilm_fit_counts_and_adapter_size(tmp_path):
     path = tmp_path / "minilm.weights.h5"
     save_fourierft_weights(model, str(path))
     assert path.stat().st_size < 100_000
+
+
+class _Containers(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.by_name = {"query": keras.layers.Dense(8, name="query")}
+        self.pair = (keras.layers.Dense(8, name="value"), keras.layers.Dense(3))
+
+    def call(self, x):
+        return self.pair[1](self.pair[0](self.by_name["query"](x)))
+
+
+@pytest.mark.parametrize("build", ["sequential", "containers"])
+def test_every_tracked_container_trains(build):
+    if build == "sequential":
+        model = models.sequential()
+        expected_targets = ["query"]
+    else:
+        model = _Containers()
+        model(np.zeros((1, 6), "float32"))
+        expected_targets = ["query", "value"]
+    x = np.random.default_rng(0).normal(size=(16, 6)).astype("float32")
+    summary = enable_fourierft(
+        model, n_frequency=8, target_layer_names=expected_targets
+    )
+    assert [layer.path.split("/")[-1] for layer in summary.layers] == expected_targets
+    adapted = fourier_layers(model)
+    assert [layer.name for _, layer in adapted] == expected_targets
+    assert sorted(v.name for v in model.trainable_weights) == ["coefficients"] * len(
+        expected_targets
+    )
+    before = [ops.convert_to_numpy(layer.coefficients).copy() for _, layer in adapted]
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(x, np.ones((16, 3)), epochs=2, verbose=0)
+    for (_, layer), start in zip(adapted, before, strict=True):
+        assert not np.allclose(ops.convert_to_numpy(layer.coefficients), start)
+
+
+def test_auto_named_layers_get_unique_stable_paths(tmp_path):
+    def build():
+        inputs = keras.Input((6,))
+        x = keras.layers.Dense(8, name="query")(inputs)
+        heads = [keras.layers.Dense(2)(x), keras.layers.Dense(2)(x)]
+        return keras.Model(inputs, heads)
+
+    first, second = build(), build()
+    for model in (first, second):
+        enable_fourierft(model, n_frequency=5, trainable_layers=[r"^dense"])
+    assert [p for p, _ in walk_layers(first)] == [p for p, _ in walk_layers(second)]
+    paths = [p for p, _ in walk_layers(first)]
+    assert len(set(paths)) == len(paths)
+    x = np.ones((2, 6), "float32")
+    second.set_weights(first.get_weights())
+    for index, head in enumerate(first.layers[-2:]):
+        head.kernel.assign(np.full(head.kernel.shape, index + 1.0, "float32"))
+    path = str(tmp_path / "adapter.weights.h5")
+    save_fourierft_weights(first, path, include_trainable_weights=True)
+    load_fourierft_weights(second, path)
+    for a, b in zip(
+        first.predict(x, verbose=0), second.predict(x, verbose=0), strict=True
+    ):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"n_frequency": True}, "n_frequency"),
+        ({"n_frequency": 2.0}, "n_frequency"),
+        ({"seed": 1.9}, "seed"),
+        ({"scaling": float("nan")}, "scaling"),
+        ({"scaling": float("inf")}, "scaling"),
+        ({"lr_multiplier": float("nan")}, "lr_multiplier"),
+        ({"compute": "fast"}, "compute"),
+        ({"target_layer_names": [1]}, "target_layer_names"),
+    ],
+)
+def test_bad_arguments_leave_model_untouched(kwargs, message):
+    model = models.bert_classifier()
+    before = snapshot(model)
+    with pytest.raises((ValueError, TypeError), match=message):
+        enable_fourierft(model, **kwargs)
+    assert fourier_layers(model) == []
+    assert_same_weights(before, snapshot(model))
+
+
+def test_numpy_integers_and_single_name():
+    model = models.bert_backbone()
+    summary = enable_fourierft(
+        model, n_frequency=np.int64(10), seed=np.uint32(5), target_layer_names="query"
+    )
+    assert [layer.path.split("/")[-1] for layer in summary.layers] == ["query"] * 2
+    assert all(layer.seed == 5 for _, layer in fourier_layers(model))
+
+
+def test_default_targets_follow_the_backbone():
+    model = models.bert_classifier()
+    expected = model.backbone.default_lora_layer_names()
+    summary = enable_fourierft(model, n_frequency=5)
+    names = {layer.path.split("/")[-1] for layer in summary.layers}
+    assert names and names <= set(expected)
+
+
+def test_merged_model_refuses_disabling_and_detects_overwrites():
+    model = models.bert_classifier()
+    enable_fourierft(model, n_frequency=10)
+    x = models.bert_inputs()
+    adapted = model.predict(x, verbose=0)
+    merge_fourierft(model)
+    with pytest.raises(ValueError, match="unmerge"):
+        set_fourierft_enabled(model, False)
+    np.testing.assert_allclose(model.predict(x, verbose=0), adapted, atol=1e-5)
+    assert not any(v.name == "coefficients" for v in model.trainable_weights)
+    model.set_weights([np.zeros_like(w) for w in model.get_weights()])
+    with pytest.raises(ValueError, match="changed while"):
+        unmerge_fourierft(model)

@@ -1,0 +1,41 @@
+"""The private Keras names the package relies on exist in the installed Keras."""
+
+import keras
+import numpy as np
+
+from keras_fourierft import keras_internals
+
+
+def test_tracker_unlock_adds_variables_to_a_built_layer():
+    layer = keras.layers.Dense(3)
+    layer.build((None, 2))
+    with keras_internals.unlocked_tracker(layer):
+        layer.extra = layer.add_weight(name="extra", shape=(4,))
+    assert [v.name for v in layer.weights] == ["kernel", "bias", "extra"]
+
+
+def test_child_layers_cover_lists_dicts_and_tuples():
+    class Holder(keras.layers.Layer):
+        def __init__(self):
+            super().__init__()
+            self.in_list = [keras.layers.Dense(1)]
+            self.in_dict = {"a": keras.layers.Dense(1)}
+            self.in_tuple = (keras.layers.Dense(1),)
+
+    holder = Holder()
+    children = keras_internals.child_layers(holder)
+    expected = [holder.in_list[0], holder.in_dict["a"], holder.in_tuple[0]]
+    assert sorted(map(id, children)) == sorted(map(id, expected))
+
+
+def test_set_layer_class_rewraps_quantize():
+    class Sub(keras.layers.Dense):
+        def quantize(self, mode=None, type_check=True, config=None):
+            super().quantize(mode, type_check=False, config=config)
+
+    layer = keras.layers.Dense(4)
+    layer.build((None, 8))
+    keras_internals.set_layer_class(layer, Sub)
+    layer.quantize("int8")
+    assert layer.quantization_mode == "int8"
+    assert layer(np.ones((1, 8), "float32")).shape == (1, 4)
