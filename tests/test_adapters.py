@@ -1,6 +1,8 @@
 import os
 
 import h5py
+import keras
+import keras_hub
 import numpy as np
 import pytest
 from keras import ops
@@ -210,3 +212,45 @@ def test_spectrum_round_trips_through_lr_multiplier(tmp_path):
         np.testing.assert_allclose(
             ops.convert_to_numpy(layer.spectrum), spectrum, rtol=1e-6
         )
+
+
+def _three_class_classifier(seed):
+    keras.utils.set_random_seed(seed)
+    return keras_hub.models.BertTextClassifier(
+        backbone=models.bert_backbone(), num_classes=3, preprocessor=None
+    )
+
+
+def test_mismatched_extra_weights_raise_before_any_spectrum_changes(tmp_path):
+    # The adapted layers match; only the stored head (2 classes) does not fit
+    # the model's (3 classes). Nothing may be assigned, spectra included.
+    keras.utils.set_random_seed(0)
+    source = models.bert_classifier(seed=0)
+    enable_fourierft(source, n_frequency=20)
+    with_head = str(tmp_path / "with_head.weights.h5")
+    save_fourierft_weights(source, with_head, include_trainable_weights=True)
+    spectra_only = str(tmp_path / "spectra.weights.h5")
+    save_fourierft_weights(source, spectra_only)
+
+    model = _three_class_classifier(seed=1)
+    keras.utils.set_random_seed(1)
+    enable_fourierft(model, n_frequency=20)
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=r"logits/kernel.*\(16, 2\).*\(16, 3\)"):
+        load_fourierft_weights(model, with_head)
+    assert_same_weights(before, snapshot(model))
+
+    # A model without adapters is neither enabled nor changed.
+    plain = _three_class_classifier(seed=2)
+    plain_before = snapshot(plain)
+    with pytest.raises(ValueError, match="logits/kernel"):
+        load_fourierft_weights(plain, with_head)
+    assert not fourier_layers(plain)
+    assert_same_weights(plain_before, snapshot(plain))
+
+    # The file's spectra differ from the model's: had they been assigned,
+    # the snapshot would have shown it.
+    load_fourierft_weights(model, spectra_only)
+    after = snapshot(model)
+    changed = [key for key in before if not np.array_equal(before[key], after[key])]
+    assert len(changed) == len(fourier_layers(model)) == 4

@@ -299,3 +299,66 @@ def test_layer_map_to_a_layer_without_kernel_is_refused(tmp_path):
     with pytest.raises(ValueError, match="not a built Dense/EinsumDense"):
         load_peft_adapter(model, folder, layer_map=layer_map)
     assert_same_weights(before, snapshot(model))
+
+
+def _deep_bert(num_layers):
+    keras.utils.set_random_seed(0)
+    return keras_hub.models.BertBackbone(
+        vocabulary_size=50,
+        num_layers=num_layers,
+        num_heads=2,
+        hidden_dim=16,
+        intermediate_dim=32,
+        max_sequence_length=12,
+    )
+
+
+def _module_order(layer_paths):
+    modules = []
+    for path in layer_paths:
+        block, _, name = path.split("/")
+        modules.append(f"encoder.layer.{block.rsplit('_', 1)[1]}.attention.self.{name}")
+    return modules
+
+
+@pytest.mark.parametrize(
+    "num_layers, targets",
+    [
+        pytest.param(2, ["query", "key"], id="key_sorts_first"),
+        pytest.param(11, ["query"], id="layer_10_sorts_before_2"),
+        pytest.param(11, ["query", "key"], id="both"),
+    ],
+)
+def test_entries_follow_the_model_order_not_the_file_order(
+    tmp_path, num_layers, targets
+):
+    # `key` sorts before `query` and `layer.10` before `layer.2`: the file's
+    # (sorted) order differs from the model's, and every spectrum must still
+    # reach its own layer.
+    model = _deep_bert(num_layers)
+    keras.utils.set_random_seed(3)
+    enable_fourierft(model, n_frequency=12, target_layer_names=targets)
+    x = models.bert_inputs()
+    expected = _sequence_output(model, x)
+    save_peft_adapter(model, tmp_path)
+    model_order = _module_order(path for path, _ in fourier_layers(model))
+    assert len(model_order) == num_layers * len(targets)
+    file_order = list(read_peft_adapter(tmp_path)["spectra"])
+    assert sorted(file_order) == sorted(model_order)
+    assert file_order != model_order
+
+    fresh = _deep_bert(num_layers)
+    assert not np.allclose(_sequence_output(fresh, x), expected, atol=1e-3)
+    load_peft_adapter(fresh, tmp_path)
+    assert [p for p, _ in fourier_layers(fresh)] == [
+        p for p, _ in fourier_layers(model)
+    ]
+    np.testing.assert_allclose(_sequence_output(fresh, x), expected, atol=1e-5)
+
+    # Into a model adapted the same way (other spectra): swaps the spectra.
+    same = _deep_bert(num_layers)
+    keras.utils.set_random_seed(4)
+    enable_fourierft(same, n_frequency=12, target_layer_names=targets)
+    assert not np.allclose(_sequence_output(same, x), expected, atol=1e-3)
+    load_peft_adapter(same, tmp_path)
+    np.testing.assert_allclose(_sequence_output(same, x), expected, atol=1e-5)

@@ -50,3 +50,20 @@ def test_load_model_rejects_other_files(tmp_path):
     path.write_text("nope")
     with pytest.raises(ValueError, match="not a `.keras` archive"):
         keras_fourierft.load_model(str(path))
+
+
+def test_load_model_keeps_lr_multiplier_of_a_kerashub_model(tmp_path):
+    # 5.0 is neither the default nor the fallback of `enable_fourierft`.
+    model = models.bert_classifier()
+    enable_fourierft(model, n_frequency=20, lr_multiplier=5.0)
+    assert [layer.lr_multiplier for _, layer in fourier_layers(model)] == [5.0] * 4
+    x = models.bert_inputs()
+    expected = model.predict(x, verbose=0)
+    plain = models.bert_classifier()
+    assert not np.allclose(plain.predict(x, verbose=0), expected, atol=1e-3)
+    path = str(tmp_path / "classifier.keras")
+    model.save(path)
+    restored = keras_fourierft.load_model(path)
+    layers = fourier_layers(restored)
+    assert [layer.lr_multiplier for _, layer in layers] == [5.0] * 4
+    np.testing.assert_allclose(restored.predict(x, verbose=0), expected, atol=1e-5)

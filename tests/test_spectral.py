@@ -1,3 +1,7 @@
+import importlib.util
+import json
+import pathlib
+
 import keras
 import numpy as np
 import pytest
@@ -24,6 +28,48 @@ def test_locations_bit_identical_to_peft(case, peft_layers, peft_cases):
     assert locations.shape == (2, c["n_frequency"])
     np.testing.assert_array_equal(locations[0], peft_layers[f"case{case}_rows"])
     np.testing.assert_array_equal(locations[1], peft_layers[f"case{case}_cols"])
+
+
+RANDPERM = pathlib.Path(__file__).parent / "fixtures" / "randperm" / "locations.json"
+LARGE_SEEDS = (2**31, 2**31 + 5, 2**32 - 1)
+RANDPERM_CASES = json.loads(RANDPERM.read_text())["cases"]
+
+
+def test_randperm_fixture_covers_the_large_seeds():
+    assert sorted({c["seed"] for c in RANDPERM_CASES}) == list(LARGE_SEEDS)
+    assert len(RANDPERM_CASES) == 9
+
+
+@pytest.mark.parametrize(
+    "c",
+    RANDPERM_CASES,
+    ids=[f"{c['seed']}-{c['out_features']}x{c['in_features']}" for c in RANDPERM_CASES],
+)
+def test_locations_match_torch_at_seeds_beyond_31_bits(c):
+    # Seeds in [2**31, 2**32) are valid torch seeds; MT19937 must be seeded
+    # with all 32 bits (fixture values made with torch.randperm itself).
+    locations = frequency_locations(
+        c["out_features"], c["in_features"], c["n_frequency"], seed=c["seed"]
+    )
+    assert locations.shape == (2, c["n_frequency"])
+    np.testing.assert_array_equal(locations[0], c["rows"])
+    np.testing.assert_array_equal(locations[1], c["cols"])
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("torch") is None, reason="needs torch installed"
+)
+@pytest.mark.parametrize("seed", LARGE_SEEDS + (2**31 - 1, 2**32 - 2**31 // 3))
+@pytest.mark.parametrize("shape", [(7, 5, 35), (64, 96, 300)])
+def test_locations_match_live_torch_randperm(seed, shape):
+    import torch
+
+    out_features, in_features, n = shape
+    generator = torch.Generator().manual_seed(seed)
+    flat = torch.randperm(out_features * in_features, generator=generator)[:n].numpy()
+    locations = frequency_locations(out_features, in_features, n, seed=seed)
+    np.testing.assert_array_equal(locations[0], flat // in_features)
+    np.testing.assert_array_equal(locations[1], flat % in_features)
 
 
 def test_locations_ignore_and_keep_global_random_state():
@@ -179,4 +225,56 @@ def test_delta_gradient_matches_numpy(shape, delta_fn):
         ops.convert_to_numpy(delta_fn(coefficients.value, plan, shape, 7.0)),
         _numpy_delta(ops.convert_to_numpy(coefficients), indices, shape, 7.0),
         atol=1e-5,
+    )
+
+
+def _edge_indices(rows, cols, extra, seed, row_zero_mirror_column=True):
+    # Row and column 0, the Nyquist row/column (for even sizes), the last
+    # row/column and their combinations, plus `extra` other distinct cells.
+    # Without `row_zero_mirror_column`, cell (0, cols - cols // 2), whose
+    # mirror is the last column of the half spectrum, is left out: then a
+    # wrong mirror index of row 0 still lands inside the half spectrum and
+    # only the values show it.
+    edge_rows = sorted({0, 1, rows // 2, rows - 1})
+    edge_cols = sorted({0, 1, cols // 2, cols - 1})
+    cells = {(r, c) for r in edge_rows for c in edge_cols}
+    if row_zero_mirror_column:
+        cells.add((0, cols - cols // 2))
+    rng = np.random.default_rng(seed)
+    others = [divmod(int(i), cols) for i in rng.permutation(rows * cols)]
+    cells.update([cell for cell in others if cell not in cells][:extra])
+    if not row_zero_mirror_column:
+        cells.discard((0, cols - cols // 2))
+    order = rng.permutation(len(cells))
+    return np.array(sorted(cells), dtype=np.int64)[order]
+
+
+@pytest.mark.parametrize("row_zero_mirror_column", [True, False])
+@pytest.mark.parametrize("shape", [(6, 10), (7, 9), (16, 16), (9, 6), (5, 5)])
+@pytest.mark.parametrize("delta_fn", ["spectral_delta", "ops_delta_from_plan"])
+def test_delta_values_at_edge_and_nyquist_locations(
+    shape, delta_fn, row_zero_mirror_column
+):
+    rows, cols = shape
+    indices = _edge_indices(
+        rows, cols, rows * cols // 4, rows * cols, row_zero_mirror_column
+    )
+    cells = set(map(tuple, indices.tolist()))
+    assert {(0, 0), (0, 1), (1, 0), (rows // 2, 0), (rows - 1, cols - 1)} <= cells
+    assert {(1, cols // 2), (rows // 2, cols // 2)} <= cells
+    assert ((0, cols - cols // 2) in cells) == row_zero_mirror_column
+    coefficients = np.random.default_rng(7).normal(size=len(indices))
+    coefficients = coefficients.astype("float32")
+    scaling = 3.5
+    if delta_fn == "spectral_delta":
+        delta = spectral_delta(coefficients, indices, shape, scaling)
+    else:
+        plan = spectral_plan(indices, shape)
+        delta = ops_delta_from_plan(coefficients, plan, shape, scaling)
+    dense = np.zeros(shape, dtype=np.float64)
+    dense[indices[:, 0], indices[:, 1]] = coefficients
+    expected = np.real(np.fft.ifft2(dense)) * scaling
+    assert np.abs(expected).max() > 0.1
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(delta), expected, rtol=0, atol=1e-5 * scaling
     )

@@ -6,6 +6,7 @@ from keras import ops
 
 from keras_fourierft import enable_fourierft
 from keras_fourierft import fourier_layers
+from keras_fourierft import frequency_locations
 from keras_fourierft import load_fourierft_weights
 from keras_fourierft import merge_fourierft
 from keras_fourierft import save_fourierft_weights
@@ -415,3 +416,41 @@ def test_merged_model_refuses_disabling_and_detects_overwrites():
     model.set_weights([np.zeros_like(w) for w in model.get_weights()])
     with pytest.raises(ValueError, match="changed while"):
         unmerge_fourierft(model)
+
+
+def _delta_support(seed, n_frequency, in_features=12, out_features=10):
+    # Measures the adapted Dense's delta_W from its outputs (identity inputs,
+    # minus the plain layer's), then the support of its 2-D DFT.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((in_features,))
+    outputs = keras.layers.Dense(out_features, name="query")(inputs)
+    model = keras.Model(inputs, outputs)
+    eye = np.eye(in_features, dtype="float32")
+    base = ops.convert_to_numpy(model(eye))
+    enable_fourierft(
+        model, target_layer_names=["query"], n_frequency=n_frequency, seed=seed
+    )
+    ((_, layer),) = fourier_layers(model)
+    delta = ops.convert_to_numpy(model(eye)) - base  # (in, out): Keras layout
+    # Re(IFFT2(F)) keeps the Hermitian part of F: F[u, v] and F[-u, -v].
+    spectrum = np.fft.fft2(delta.T.astype(np.float64)) / layer.scaling
+    assert np.abs(spectrum.imag).max() < 1e-4
+    rows, cols = np.nonzero(np.abs(spectrum.real) > 1e-4)
+    support = set(zip(rows.tolist(), cols.tolist(), strict=True))
+    return support, layer.seed
+
+
+def _expected_support(seed, n_frequency, in_features=12, out_features=10):
+    rows, cols = frequency_locations(out_features, in_features, n_frequency, seed)
+    cells = set(zip(rows.tolist(), cols.tolist(), strict=True))
+    mirrors = {((-r) % out_features, (-c) % in_features) for r, c in cells}
+    return cells | mirrors
+
+
+@pytest.mark.parametrize("seed", [12345, 2**31 + 5])
+def test_seed_reaches_the_adapted_layers(seed):
+    support, layer_seed = _delta_support(seed, n_frequency=15)
+    expected = _expected_support(seed, n_frequency=15)
+    assert _expected_support(777, n_frequency=15) != expected
+    assert support == expected
+    assert layer_seed == seed
