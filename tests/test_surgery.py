@@ -302,7 +302,7 @@ def test_real_minilm_fit_counts_and_adapter_size(tmp_path):
     assert path.stat().st_size < 100_000
 
 
-class _Containers(keras.Model):
+class ContainerModel(keras.Model):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.by_name = {"query": keras.layers.Dense(8, name="query")}
@@ -318,7 +318,7 @@ def test_every_tracked_container_trains(build):
         model = models.sequential()
         expected_targets = ["query"]
     else:
-        model = _Containers()
+        model = ContainerModel()
         model(np.zeros((1, 6), "float32"))
         expected_targets = ["query", "value"]
     x = np.random.default_rng(0).normal(size=(16, 6)).astype("float32")
