@@ -12,6 +12,9 @@ from tests import models
 
 
 def _setup():
+    # A KerasHub task model turns arrays into a `tf.data` pipeline, to which
+    # `fit`'s default `shuffle=True` does not apply: the fits pass
+    # `shuffle=False`.
     model = models.bert_classifier()
     enable_fourierft(model, n_frequency=16, coefficient_initializer="zeros")
     model.compile(
@@ -27,7 +30,14 @@ def _setup():
 def test_checkpoint_every_epoch_with_formatting(tmp_path):
     model, x, y = _setup()
     pattern = str(tmp_path / "adapter-{epoch:02d}.weights.h5")
-    model.fit(x, y, epochs=2, verbose=0, callbacks=[FourierFTCheckpoint(pattern)])
+    model.fit(
+        x,
+        y,
+        epochs=2,
+        verbose=0,
+        shuffle=False,
+        callbacks=[FourierFTCheckpoint(pattern)],
+    )
     assert sorted(os.listdir(tmp_path)) == [
         "adapter-01.weights.h5",
         "adapter-02.weights.h5",
@@ -46,6 +56,7 @@ def test_best_only_with_early_stopping_reduce_lr_and_backup(tmp_path):
         validation_data=(x, y),
         epochs=4,
         verbose=0,
+        shuffle=False,
         callbacks=[
             checkpoint,
             keras.callbacks.EarlyStopping(patience=1, restore_best_weights=True),
@@ -70,6 +81,7 @@ def test_missing_monitor_and_bad_path():
             y,
             epochs=1,
             verbose=0,
+            shuffle=False,
             callbacks=[
                 FourierFTCheckpoint(
                     "/tmp/x.weights.h5", monitor="val_accuracy", save_best_only=True

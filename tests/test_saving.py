@@ -8,6 +8,10 @@ from keras_fourierft import fourier_layers
 from tests import models
 
 
+# KerasHub task models cannot be compiled from a saved config (see
+# pyproject.toml), so Keras cannot restore their optimizer's state from a
+# `.keras` file and says so; the adapter and weights are what is checked here.
+@pytest.mark.filterwarnings("ignore:Skipping variable loading for optimizer")
 def test_kerashub_classifier_round_trips_through_keras_file(tmp_path):
     model = models.bert_classifier()
     enable_fourierft(model, n_frequency=20, n_frequency_pattern={"value$": 12})
@@ -16,7 +20,7 @@ def test_kerashub_classifier_round_trips_through_keras_file(tmp_path):
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     x = models.bert_inputs()
-    model.fit(x, np.array([0, 1, 0, 1]), epochs=1, verbose=0)
+    model.fit(x, np.array([0, 1, 0, 1]), epochs=1, verbose=0, shuffle=False)
     expected = model.predict(x, verbose=0)
     path = str(tmp_path / "classifier.keras")
     model.save(path)
