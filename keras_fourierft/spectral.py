@@ -16,6 +16,7 @@ backend both run with torch's own operators (`torch_ops`), where the per-call
 overhead of `keras.ops` would be as large as the FFTs.
 """
 
+import functools
 import math
 
 import keras
@@ -536,16 +537,46 @@ def ops_spectral_matmul(inputs, spectrum, plan, shape, scaling):
 
 
 # Costs of the two ways to apply the update, in units of one multiply-add of
-# the weight-gradient matmul, fitted to `benchmarks/adapter_layer.py` on a
-# 2-core CPU with JAX (384x384 / 2,048 tokens, 4096x4096 and 2048x2048 /
-# 512 tokens; see benchmarks/RESULTS.md). `dense` pays the weight gradient
+# the weight-gradient matmul, fitted to `benchmarks/adapter_layer.py` (JAX;
+# on a 2-core CPU and on an H200 GPU: 384x384 to 4096x11008, 512 to 4,096
+# tokens; see benchmarks/RESULTS.md). `dense` pays the weight gradient
 # `x^T g` (tokens * d1 * d2) plus 2-D FFTs of the weight; `activation` pays
 # per token an FFT of each row (forward and backward) and the gather/scatter
-# of the n coefficients.
-_COSTS = {"fft": 95.0, "coefficient": 570.0, "weight_fft": 46.0}
+# of the n coefficients. On a GPU matmuls are so much faster than gathers
+# and scatters that the dense path wins at large token counts.
+_COSTS = {
+    "cpu": {"fft": 95.0, "coefficient": 570.0, "weight_fft": 46.0},
+    "gpu": {"fft": 50.0, "coefficient": 45_000.0, "weight_fft": 100.0},
+}
 # Tokens assumed when a call's batch size is unknown at trace time
 # (TensorFlow's `fit` traces with a dynamic batch): a typical sequence.
 _UNKNOWN_TOKENS = 512
+
+
+@functools.cache
+def device_kind(backend=None):
+    """`"gpu"` if the backend computes on an accelerator, else `"cpu"`.
+
+    Args:
+        backend: Backend name, default the current one.
+
+    Returns:
+        `"gpu"` or `"cpu"`.
+    """
+    backend = backend or keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return "cpu" if jax.default_backend() == "cpu" else "gpu"
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
+    if backend == "torch":
+        import torch
+
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    return "cpu"
 
 
 def choose_compute(tokens, in_features, out_features, n_frequency, backend=None):
@@ -558,7 +589,8 @@ def choose_compute(tokens, in_features, out_features, n_frequency, backend=None)
         in_features: Integer `d1`.
         out_features: Integer `d2`.
         n_frequency: Integer `n`.
-        backend: Backend name, default the current one.
+        backend: Backend name, default the current one (its device, CPU or
+            GPU, selects the cost constants).
 
     Returns:
         `"dense"` or `"activation"`.
@@ -568,8 +600,7 @@ def choose_compute(tokens, in_features, out_features, n_frequency, backend=None)
     >>> choose_compute(512, 4096, 4096, 1000)
     'activation'
     """
-    del backend  # One calibration serves all backends so far, see above.
-    costs = _COSTS
+    costs = _COSTS[device_kind(backend)]
     d1, d2, n = int(in_features), int(out_features), int(n_frequency)
     per_token_dense = d1 * d2
     per_token_activation = (
