@@ -3,12 +3,12 @@
 import json
 import os
 import re
-import tempfile
 
 import h5py
 import numpy as np
 from keras import ops
 
+from keras_fourierft.files import write_atomically
 from keras_fourierft.layers import ADAPTER_SETTINGS
 from keras_fourierft.layers import kernel_view
 from keras_fourierft.surgery import enable_fourierft
@@ -35,7 +35,9 @@ def save_fourierft_weights(model, filepath, include_trainable_weights=False):
 
     Saving is atomic: the file is written under a temporary name in the same
     folder and renamed over `filepath` only when complete, so a failure
-    never destroys a previous good file.
+    never destroys a previous good file. The file gets the mode of the file
+    it replaces (a new one `0o666` less the umask, as Keras's files), and a
+    `filepath` that is a symbolic link keeps pointing to the new file.
 
     Args:
         model: A model adapted with `enable_fourierft`.
@@ -63,28 +65,6 @@ def save_fourierft_weights(model, filepath, include_trainable_weights=False):
             _write(file, layers, extra)
 
     write_atomically(filepath, write)
-
-
-def write_atomically(filepath, write):
-    """Writes a file under a temporary name, then renames it over `filepath`.
-
-    A failure at any point leaves a previous file at `filepath` untouched.
-
-    Args:
-        filepath: The final path.
-        write: A function of the temporary path that writes the file.
-    """
-    folder = os.path.dirname(os.path.abspath(filepath))
-    handle, temporary = tempfile.mkstemp(
-        prefix=os.path.basename(filepath) + ".", suffix=".tmp", dir=folder
-    )
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, filepath)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 def load_fourierft_weights(model, filepath):

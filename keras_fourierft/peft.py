@@ -18,7 +18,7 @@ from keras import ops
 
 from keras_fourierft.adapters import apply_adapter
 from keras_fourierft.adapters import weight_shape
-from keras_fourierft.adapters import write_atomically
+from keras_fourierft.files import write_atomically
 from keras_fourierft.surgery import fourier_layers
 from keras_fourierft.surgery import walk_layers
 

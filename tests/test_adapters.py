@@ -1,6 +1,8 @@
 import os
+import stat
 
 import h5py
+import keras
 import numpy as np
 import pytest
 from keras import ops
@@ -10,9 +12,12 @@ from keras_fourierft import enable_fourierft
 from keras_fourierft import fourier_layers
 from keras_fourierft import load_fourierft_weights
 from keras_fourierft import save_fourierft_weights
+from keras_fourierft.adapters import read_adapter_file
 from tests import models
 from tests.helpers import assert_same_weights
+from tests.helpers import kill
 from tests.helpers import snapshot
+from tests.helpers import start_child
 
 
 def _trained_classifier(seed=1):
@@ -210,3 +215,68 @@ def test_spectrum_round_trips_through_lr_multiplier(tmp_path):
         np.testing.assert_allclose(
             ops.convert_to_numpy(layer.spectrum), spectrum, rtol=1e-6
         )
+
+
+def _adapted_functional():
+    keras.utils.set_random_seed(0)
+    model = models.functional()
+    enable_fourierft(model, n_frequency=10, target_layer_names=["query", "value"])
+    return model
+
+
+def test_saved_file_mode_follows_umask_and_existing_file(tmp_path):
+    model = _adapted_functional()
+    path = tmp_path / "adapter.weights.h5"
+    previous = os.umask(0o022)
+    try:
+        save_fourierft_weights(model, path)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+        os.chmod(path, 0o640)
+        save_fourierft_weights(model, path)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    finally:
+        os.umask(previous)
+
+
+def test_save_writes_through_a_symlink(tmp_path):
+    model = _adapted_functional()
+    for _, layer in fourier_layers(model):
+        layer.set_spectrum(np.arange(10, dtype="float32"))
+    (tmp_path / "real").mkdir()
+    real = tmp_path / "real" / "adapter.weights.h5"
+    real.write_bytes(b"old")
+    link = tmp_path / "adapter.weights.h5"
+    link.symlink_to(real)
+    save_fourierft_weights(model, link)
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    spectra = [layer["spectrum"] for layer in read_adapter_file(real)["layers"]]
+    np.testing.assert_array_equal(spectra, [np.arange(10)] * 2)
+    assert sorted(os.listdir(tmp_path / "real")) == ["adapter.weights.h5"]
+
+
+def test_temporary_files_of_killed_saves_are_removed(tmp_path):
+    # A save killed mid-write leaves its temporary file; the next save of the
+    # same file removes it, but not that of a save still running.
+    target = tmp_path / "adapter.weights.h5"
+    write_slowly = (
+        "import time\n"
+        "def write(path):\n"
+        "    open(path, 'wb').write(b'partial')\n"
+        "    print('ready', flush=True)\n"
+        "    time.sleep(60)\n"
+        "files.write_atomically(sys.argv[1], write)\n"
+    )
+    for _ in range(3):
+        kill(start_child(write_slowly, target))
+        assert len(os.listdir(tmp_path)) == 1  # they do not accumulate
+    save_fourierft_weights(_adapted_functional(), target)
+    assert os.listdir(tmp_path) == ["adapter.weights.h5"]
+    running = start_child(write_slowly, target)
+    try:
+        save_fourierft_weights(_adapted_functional(), target)
+        names = sorted(os.listdir(tmp_path))
+        assert len(names) == 2 and "adapter.weights.h5" in names
+    finally:
+        kill(running)
+    save_fourierft_weights(_adapted_functional(), target)
+    assert os.listdir(tmp_path) == ["adapter.weights.h5"]
