@@ -103,13 +103,14 @@ def write_peft_folder(folder, config, tensors):
     """
     metadata = {"format": "pt", PEFT_DIGEST_KEY: peft_config_digest(config)}
     os.makedirs(folder, exist_ok=True)
+    # Serialised here and written by us: `safetensors.numpy.save_file` writes
+    # through a temporary file of its own, which a kill would leave behind.
+    weights = safetensors.numpy.save(tensors, metadata=metadata)
     write_files_atomically(
         [
             (
                 os.path.join(folder, PEFT_WEIGHTS_NAME),
-                lambda temporary: safetensors.numpy.save_file(
-                    tensors, temporary, metadata=metadata
-                ),
+                lambda temporary: _write_bytes(temporary, weights),
             ),
             (
                 os.path.join(folder, PEFT_CONFIG_NAME),
@@ -152,6 +153,11 @@ def check_peft_pair(folder, config, metadata):
             "between its two files, or one file was replaced or edited. Save "
             "the adapter again."
         )
+
+
+def _write_bytes(path, data):
+    with open(path, "wb") as file:
+        file.write(data)
 
 
 def _write_json(path, data):

@@ -18,12 +18,15 @@ from keras import ops
 
 from keras_fourierft.adapters import apply_adapter
 from keras_fourierft.adapters import weight_shape
-from keras_fourierft.files import write_atomically
+from keras_fourierft.files import PEFT_CONFIG_NAME
+from keras_fourierft.files import PEFT_WEIGHTS_NAME
+from keras_fourierft.files import check_peft_pair
+from keras_fourierft.files import write_peft_folder
 from keras_fourierft.surgery import fourier_layers
 from keras_fourierft.surgery import walk_layers
 
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
+CONFIG_NAME = PEFT_CONFIG_NAME
+WEIGHTS_NAME = PEFT_WEIGHTS_NAME
 _KEY_PREFIX = "base_model.model."
 _KEY_SUFFIX = ".fourierft_spectrum"
 
@@ -139,7 +142,10 @@ def read_peft_adapter(path):
             )
     config = _read_config(config_path)
     try:
-        tensors = safetensors.numpy.load_file(weights_path)
+        with open(weights_path, "rb") as file:
+            data = file.read()
+        tensors = safetensors.numpy.load(data)
+        metadata = _safetensors_metadata(data)
     except Exception as error:  # noqa: BLE001 - any parse failure means damage
         raise ValueError(
             f"Cannot read {weights_path!r}: {error}. The file is damaged or "
@@ -161,6 +167,7 @@ def read_peft_adapter(path):
         spectra[module] = value.astype("float32")
     if not spectra:
         raise ValueError(f"{weights_path!r} holds no FourierFT spectra.")
+    check_peft_pair(path, config, metadata)
     return {"config": config, "spectra": spectra, "other_keys": sorted(other_keys)}
 
 
@@ -175,8 +182,15 @@ def save_peft_adapter(
     Layer paths become PEFT module paths by `BERT_LAYER_MAP` (or the
     inverse of `layer_map`), prefixed with `module_prefix` (e.g. `"bert."`
     for a `BertForSequenceClassification`). `target_modules` lists the
-    exact modules, so PEFT adapts those and no others. Each file is written
-    under a temporary name and renamed into place.
+    exact modules, so PEFT adapts those and no others.
+
+    The two files are written completely under temporary names before
+    either is renamed into place, so a failure while writing (a full disk,
+    an error) leaves the previous adapter in `path` as it was. The weights
+    file records a digest of the config's settings in its metadata (PEFT
+    ignores it): a folder left with new weights and the old config by a
+    crash between the two renames is refused on load instead of loading
+    with the wrong settings. Other files in `path` are left alone.
 
     Only the spectra are stored, as in PEFT with `bias="none"`: a task head
     is not part of the file, and a model whose adapted layers train their
@@ -237,17 +251,7 @@ def save_peft_adapter(
         _KEY_PREFIX + module + _KEY_SUFFIX: ops.convert_to_numpy(layer.spectrum)
         for module, (_, layer) in zip(modules, layers, strict=True)
     }
-    os.makedirs(path, exist_ok=True)
-    write_atomically(
-        os.path.join(path, WEIGHTS_NAME),
-        lambda temporary: safetensors.numpy.save_file(
-            tensors, temporary, metadata={"format": "pt"}
-        ),
-    )
-    write_atomically(
-        os.path.join(path, CONFIG_NAME),
-        lambda temporary: _write_json(temporary, config),
-    )
+    write_peft_folder(path, config, tensors)
 
 
 def _read_config(config_path):
@@ -405,7 +409,8 @@ def _preview(keys):
     return shown + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
 
 
-def _write_json(path, data):
-    with open(path, "w", encoding="utf-8") as file:
-        json.dump(data, file, indent=2, sort_keys=True)
-        file.write("\n")
+def _safetensors_metadata(data):
+    # The header's length (8 bytes, little-endian), then the header (JSON).
+    length = int.from_bytes(data[:8], "little")
+    metadata = json.loads(data[8 : 8 + length]).get("__metadata__")
+    return metadata if isinstance(metadata, dict) else None

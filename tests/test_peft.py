@@ -1,7 +1,9 @@
 import importlib.util
 import json
+import os
 import pathlib
 import re
+import time
 
 import keras
 import keras_hub
@@ -18,7 +20,9 @@ from keras_fourierft import save_peft_adapter
 from tests import models
 from tests.conftest import FIXTURES
 from tests.helpers import assert_same_weights
+from tests.helpers import kill
 from tests.helpers import snapshot
+from tests.helpers import start_child
 
 ADAPTER = FIXTURES / "minilm_fourierft_qv"
 PREFIX = "base_model.model."
@@ -256,7 +260,7 @@ def test_failed_save_keeps_previous_files(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(safetensors.numpy, "save_file", crash)
+    monkeypatch.setattr(safetensors.numpy, "save", crash)
     model = _adapted_bert(n_frequency=12, seed=9)
     with pytest.raises(OSError, match="disk full"):
         save_peft_adapter(model, folder)
@@ -299,3 +303,94 @@ def test_layer_map_to_a_layer_without_kernel_is_refused(tmp_path):
     with pytest.raises(ValueError, match="not a built Dense/EinsumDense"):
         load_peft_adapter(model, folder, layer_map=layer_map)
     assert_same_weights(before, snapshot(model))
+
+
+def _strip_metadata(folder):
+    # What PEFT's own save_pretrained writes: no keras_fourierft metadata.
+    _edit_tensors(folder, lambda t: None)
+
+
+@pytest.mark.parametrize("previous", ["keras_fourierft", "peft"])
+def test_save_interrupted_between_its_two_files_is_refused(
+    tmp_path, monkeypatch, previous
+):
+    folder = _small_peft_adapter(tmp_path)
+    if previous == "peft":
+        _strip_metadata(folder)
+    replace = os.replace
+
+    def die_before_the_config(source, target):
+        if str(target).endswith("adapter_config.json"):
+            raise KeyboardInterrupt
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", die_before_the_config)
+    with pytest.raises(KeyboardInterrupt):
+        save_peft_adapter(_adapted_bert(n_frequency=12, seed=9), folder)
+    monkeypatch.undo()
+    model = _fresh_bert()
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="interrupted"):
+        load_peft_adapter(model, folder)
+    assert_same_weights(before, snapshot(model))
+    assert not fourier_layers(model)
+    # The next save repairs the folder.
+    save_peft_adapter(_adapted_bert(n_frequency=12, seed=9), folder)
+    assert read_peft_adapter(folder)["config"]["random_loc_seed"] == 9
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
+
+
+def test_edits_to_other_config_fields_are_accepted(tmp_path):
+    folder = _small_peft_adapter(tmp_path)
+    _edit_config(folder, base_model_name_or_path="my/bert", inference_mode=False)
+    assert read_peft_adapter(folder)["config"]["base_model_name_or_path"] == "my/bert"
+    _edit_config(folder, scaling=151.0)
+    with pytest.raises(ValueError, match="inconsistent"):
+        read_peft_adapter(folder)
+
+
+def test_killed_saves_never_leave_a_mixed_folder(tmp_path):
+    # Each child saves two different adapters (seed 0: spectra 0; seed 1:
+    # spectra 1) into one folder in a loop until it is killed at a random
+    # moment. Afterwards the folder holds one of the two, or is refused;
+    # temporary files do not pile up.
+    folder = tmp_path / "adapter"
+    save_in_a_loop = (
+        "import numpy as np\n"
+        "def adapter(seed):\n"
+        "    modules = [f'encoder.layer.{i}.attention.self.query' for i in (0, 1)]\n"
+        "    config = {'peft_type': 'FOURIERFT', 'n_frequency': 100000,\n"
+        "              'scaling': 150.0, 'random_loc_seed': seed,\n"
+        "              'target_modules': modules, 'n_frequency_pattern': {}}\n"
+        "    spectrum = np.full(100000, seed, 'float32')\n"
+        "    keys = [f'base_model.model.{m}.fourierft_spectrum' for m in modules]\n"
+        "    return config, {key: spectrum for key in keys}\n"
+        "adapters = [adapter(0), adapter(1)]\n"
+        "files.write_peft_folder(sys.argv[1], *adapters[0])\n"
+        "print('ready', flush=True)\n"
+        "i = 1\n"
+        "while True:\n"
+        "    files.write_peft_folder(sys.argv[1], *adapters[i % 2])\n"
+        "    i += 1\n"
+    )
+    rng = np.random.default_rng(0)
+    outcomes = []
+    for _ in range(8):
+        child = start_child(save_in_a_loop, folder)
+        time.sleep(rng.uniform(0.0, 0.05))
+        kill(child)
+        assert len(list(folder.iterdir())) <= 4  # the pair and two temporaries
+        try:
+            adapter = read_peft_adapter(folder)
+        except ValueError as error:
+            assert "interrupted" in str(error)
+            outcomes.append("refused")
+            continue
+        seed = adapter["config"]["random_loc_seed"]
+        for spectrum in adapter["spectra"].values():
+            np.testing.assert_array_equal(spectrum, np.full(100000, seed))
+        outcomes.append(seed)
+    assert set(outcomes) & {0, 1}, outcomes
