@@ -10,20 +10,32 @@ layer paths by `BERT_LAYER_MAP` (or a `layer_map` of your own).
 """
 
 import json
+import math
 import os
 import re
 
+import numpy as np
 import safetensors.numpy
 from keras import ops
 
 from keras_fourierft.adapters import apply_adapter
 from keras_fourierft.adapters import weight_shape
-from keras_fourierft.adapters import write_atomically
+from keras_fourierft.files import PEFT_CONFIG_NAME
+from keras_fourierft.files import PEFT_WEIGHTS_NAME
+from keras_fourierft.files import check_peft_pair
+from keras_fourierft.files import write_peft_folder
 from keras_fourierft.surgery import fourier_layers
 from keras_fourierft.surgery import walk_layers
 
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
+try:  # The regular expression parser (used to bound matching work).
+    from re import _constants as _sre
+    from re import _parser as _regex_parser
+except ImportError:  # Python 3.10
+    import sre_constants as _sre
+    import sre_parse as _regex_parser
+
+CONFIG_NAME = PEFT_CONFIG_NAME
+WEIGHTS_NAME = PEFT_WEIGHTS_NAME
 _KEY_PREFIX = "base_model.model."
 _KEY_SUFFIX = ".fourierft_spectrum"
 
@@ -139,28 +151,51 @@ def read_peft_adapter(path):
             )
     config = _read_config(config_path)
     try:
-        tensors = safetensors.numpy.load_file(weights_path)
+        with open(weights_path, "rb") as file:
+            data = file.read()
+        tensors = safetensors.numpy.load(data)
+        metadata = _safetensors_metadata(data)
     except Exception as error:  # noqa: BLE001 - any parse failure means damage
         raise ValueError(
             f"Cannot read {weights_path!r}: {error}. The file is damaged or "
             "not a safetensors file."
         ) from None
+    n_frequency = _n_frequency_rule(config, config_path)
     spectra, other_keys = {}, []
     for key, value in tensors.items():
         if not key.endswith(_KEY_SUFFIX):
             other_keys.append(key)
             continue
         module = key[: -len(_KEY_SUFFIX)].removeprefix(_KEY_PREFIX)
-        expected = _peft_n_frequency(config, module)
+        if len(module) > _MAX_MODULE:
+            raise ValueError(
+                f"{weights_path!r} stores a tensor for a module path of "
+                f"{len(module)} characters ({module[:80]!r}...); module "
+                f"paths have at most {_MAX_MODULE}."
+            )
+        expected = n_frequency(module)
         if value.shape != (expected,):
             raise ValueError(
                 f"{weights_path!r} is inconsistent with its config: module "
                 f"{module!r} stores a spectrum of shape {value.shape}, the "
                 f"config gives n_frequency={expected}."
             )
-        spectra[module] = value.astype("float32")
+        if value.dtype.kind != "f":
+            raise ValueError(
+                f"{weights_path!r} stores the spectrum of module {module!r} as "
+                f"{value.dtype} values, not floating point."
+            )
+        spectrum = value.astype("float32")
+        if not np.isfinite(spectrum).all():
+            raise ValueError(
+                f"{weights_path!r}: the spectrum of module {module!r} holds "
+                "non-finite values (NaN or infinity); such an adapter would "
+                "turn every output into NaN."
+            )
+        spectra[module] = spectrum
     if not spectra:
         raise ValueError(f"{weights_path!r} holds no FourierFT spectra.")
+    check_peft_pair(path, config, metadata)
     return {"config": config, "spectra": spectra, "other_keys": sorted(other_keys)}
 
 
@@ -175,8 +210,15 @@ def save_peft_adapter(
     Layer paths become PEFT module paths by `BERT_LAYER_MAP` (or the
     inverse of `layer_map`), prefixed with `module_prefix` (e.g. `"bert."`
     for a `BertForSequenceClassification`). `target_modules` lists the
-    exact modules, so PEFT adapts those and no others. Each file is written
-    under a temporary name and renamed into place.
+    exact modules, so PEFT adapts those and no others.
+
+    The two files are written completely under temporary names before
+    either is renamed into place, so a failure while writing (a full disk,
+    an error) leaves the previous adapter in `path` as it was. The weights
+    file records a digest of the config's settings in its metadata (PEFT
+    ignores it): a folder left with new weights and the old config by a
+    crash between the two renames is refused on load instead of loading
+    with the wrong settings. Other files in `path` are left alone.
 
     Only the spectra are stored, as in PEFT with `bias="none"`: a task head
     is not part of the file, and a model whose adapted layers train their
@@ -237,17 +279,7 @@ def save_peft_adapter(
         _KEY_PREFIX + module + _KEY_SUFFIX: ops.convert_to_numpy(layer.spectrum)
         for module, (_, layer) in zip(modules, layers, strict=True)
     }
-    os.makedirs(path, exist_ok=True)
-    write_atomically(
-        os.path.join(path, WEIGHTS_NAME),
-        lambda temporary: safetensors.numpy.save_file(
-            tensors, temporary, metadata={"format": "pt"}
-        ),
-    )
-    write_atomically(
-        os.path.join(path, CONFIG_NAME),
-        lambda temporary: _write_json(temporary, config),
-    )
+    write_peft_folder(path, config, tensors)
 
 
 def _read_config(config_path):
@@ -265,17 +297,148 @@ def _read_config(config_path):
     for field in ("n_frequency", "scaling", "random_loc_seed"):
         if field not in config:
             raise ValueError(f"{config_path!r} lacks the field {field!r}.")
+    _check_count(config["n_frequency"], config_path, "n_frequency")
+    scaling = config["scaling"]
+    if (
+        isinstance(scaling, bool)
+        or not isinstance(scaling, int | float)
+        or not math.isfinite(scaling)
+    ):
+        raise ValueError(
+            f"{config_path!r} has scaling={scaling!r}, not a finite number."
+        )
+    seed = config["random_loc_seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(
+            f"{config_path!r} has random_loc_seed={seed!r}, not an integer."
+        )
+    pattern = config.get("n_frequency_pattern")
+    if pattern is not None and not isinstance(pattern, dict):
+        raise ValueError(
+            f"{config_path!r} has n_frequency_pattern={pattern!r}, not a "
+            "mapping from module name patterns to n_frequency."
+        )
+    for key, value in (pattern or {}).items():
+        _check_count(value, config_path, f"n_frequency_pattern[{key!r}]")
     return config
 
 
-def _peft_n_frequency(config, module):
-    """PEFT's rule: the first `n_frequency_pattern` key that ends the module
-    path (after a dot) sets its n; otherwise `n_frequency`."""
+def _check_count(value, config_path, field):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"{config_path!r} has {field}={value!r}, not a positive integer."
+        )
+
+
+# `n_frequency_pattern` keys come from the adapter folder and PEFT matches
+# them as regular expressions against module names, which also come from
+# the folder. A key that is a dotted name is compared as a suffix; other
+# keys are matched as PEFT does, but only when their matching work is
+# bounded: no repeated groups (`(a|a)+`), no backreferences, at most
+# `_MAX_REPEATS` repeated characters and `_MAX_ALTERNATIVES` combinations of
+# alternatives; module names are at most `_MAX_MODULE` characters.
+_LITERAL_KEY = re.compile(r"[\w-]+(?:\.[\w-]+)*")
+_MAX_KEY = 256
+_MAX_MODULE = 512
+_MAX_REPEATS = 2
+_MAX_ALTERNATIVES = 16
+
+
+def _n_frequency_rule(config, config_path):
+    r"""PEFT's rule as a function of a module path.
+
+    The first `n_frequency_pattern` key `k` with
+    `re.match(rf".*\.{k}$", module)` sets the module's n; otherwise a key
+    equal to the module path, otherwise `n_frequency`.
+    """
     pattern = config.get("n_frequency_pattern") or {}
-    for key, value in pattern.items():
-        if re.match(rf".*\.{key}$", module):
-            return int(value)
-    return int(pattern.get(module, config["n_frequency"]))
+    matchers = [
+        (_key_matcher(key, config_path), value) for key, value in pattern.items()
+    ]
+
+    def rule(module):
+        for matches, value in matchers:
+            if matches(module):
+                return value
+        return pattern.get(module, config["n_frequency"])
+
+    return rule
+
+
+def _key_matcher(key, config_path):
+    if _LITERAL_KEY.fullmatch(key):
+        suffix = "." + key
+        return lambda module: module.endswith(suffix)
+    problem = None
+    if len(key) > _MAX_KEY:
+        problem = f"it is longer than {_MAX_KEY} characters"
+    else:
+        try:
+            compiled = re.compile(rf".*\.{key}$")
+            problem = _unbounded_work(rf".*\.{key}$")
+        except re.error as error:
+            problem = f"it is not a regular expression ({error})"
+    if problem:
+        raise ValueError(
+            f"{config_path!r}: n_frequency_pattern key {key[:80]!r} cannot be "
+            f"matched safely: {problem}. Keys are module names (compared as "
+            "the end of a module path) or simple regular expressions."
+        )
+    return lambda module: compiled.match(module) is not None
+
+
+def _unbounded_work(pattern):
+    """Why matching `pattern` could take more than polynomial time, or None."""
+    try:
+        tree = _regex_parser.parse(pattern)
+    except Exception:  # noqa: BLE001 - a parser we do not know: refuse
+        return "it cannot be analysed"
+    try:
+        # PEFT's own `.*` is one of the repeats.
+        repeats, alternatives = _regex_work(tree)
+    except _Unsafe as error:
+        return str(error)
+    if repeats > _MAX_REPEATS + 1:
+        return f"it repeats more than {_MAX_REPEATS} characters (*, +, ?, {{}})"
+    if alternatives > _MAX_ALTERNATIVES:
+        return f"it has more than {_MAX_ALTERNATIVES} combinations of alternatives"
+    return None
+
+
+class _Unsafe(Exception):
+    pass
+
+
+def _regex_work(items):
+    """`(repeats, alternatives)` along the worst path of a parsed pattern."""
+    repeats, alternatives = 0, 1
+    for op, argument in items:
+        if op in _REPEATS:
+            body = list(argument[2])
+            if len(body) != 1 or body[0][0] not in _CHARACTERS:
+                raise _Unsafe("it repeats a group (e.g. `(a|b)+`)")
+            repeats += 1
+        elif op is _sre.BRANCH:
+            works = [_regex_work(branch) for branch in argument[1]]
+            repeats += max(work[0] for work in works)
+            alternatives *= sum(work[1] for work in works)
+        elif op is _sre.SUBPATTERN:
+            inner = _regex_work(argument[-1])
+            repeats, alternatives = repeats + inner[0], alternatives * inner[1]
+        elif op in (_sre.ASSERT, _sre.ASSERT_NOT):
+            inner = _regex_work(argument[1])
+            repeats, alternatives = repeats + inner[0], alternatives * inner[1]
+        elif op not in _CHARACTERS and op is not _sre.AT:
+            raise _Unsafe(f"it uses {str(op).lower()}, e.g. a backreference")
+    return repeats, alternatives
+
+
+_REPEATS = {
+    getattr(_sre, name)
+    for name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT")
+    if hasattr(_sre, name)
+}
+_CHARACTERS = {_sre.LITERAL, _sre.NOT_LITERAL, _sre.ANY, _sre.IN}
 
 
 def _pattern_key(module):
@@ -405,7 +568,8 @@ def _preview(keys):
     return shown + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
 
 
-def _write_json(path, data):
-    with open(path, "w", encoding="utf-8") as file:
-        json.dump(data, file, indent=2, sort_keys=True)
-        file.write("\n")
+def _safetensors_metadata(data):
+    # The header's length (8 bytes, little-endian), then the header (JSON).
+    length = int.from_bytes(data[:8], "little")
+    metadata = json.loads(data[8 : 8 + length]).get("__metadata__")
+    return metadata if isinstance(metadata, dict) else None

@@ -1,4 +1,9 @@
-"""Backend-specific helpers for the tests (gradients, weight snapshots)."""
+"""Helpers for the tests: gradients, weight snapshots, child processes."""
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -39,3 +44,32 @@ def assert_same_weights(before, after):
     assert before.keys() == after.keys()
     for key in before:
         np.testing.assert_array_equal(before[key], after[key], err_msg=key)
+
+
+FILES_MODULE = str(Path(__file__).parent.parent / "keras_fourierft" / "files.py")
+# Loads keras_fourierft/files.py alone (it imports no Keras), so a child
+# process starts in a fraction of a second.
+LOAD_FILES_MODULE = (
+    "import importlib.util, sys\n"
+    f"spec = importlib.util.spec_from_file_location('files', {FILES_MODULE!r})\n"
+    "files = importlib.util.module_from_spec(spec)\n"
+    "spec.loader.exec_module(files)\n"
+)
+
+
+def start_child(code, *args):
+    """Starts `python -c code args...`; returns it once it printed `ready`."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", LOAD_FILES_MODULE + code, *map(str, args)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    line = child.stdout.readline()
+    assert line.strip() == "ready", f"child failed to start: {line!r}"
+    return child
+
+
+def kill(child):
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    child.stdout.close()

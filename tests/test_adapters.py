@@ -1,4 +1,7 @@
+import json
 import os
+import stat
+import tracemalloc
 
 import h5py
 import keras
@@ -12,9 +15,12 @@ from keras_fourierft import enable_fourierft
 from keras_fourierft import fourier_layers
 from keras_fourierft import load_fourierft_weights
 from keras_fourierft import save_fourierft_weights
+from keras_fourierft.adapters import read_adapter_file
 from tests import models
 from tests.helpers import assert_same_weights
+from tests.helpers import kill
 from tests.helpers import snapshot
+from tests.helpers import start_child
 
 
 def _trained_classifier(seed=1):
@@ -254,3 +260,369 @@ def test_mismatched_extra_weights_raise_before_any_spectrum_changes(tmp_path):
     after = snapshot(model)
     changed = [key for key in before if not np.array_equal(before[key], after[key])]
     assert len(changed) == len(fourier_layers(model)) == 4
+
+
+def _adapted_functional():
+    keras.utils.set_random_seed(0)
+    model = models.functional()
+    enable_fourierft(model, n_frequency=10, target_layer_names=["query", "value"])
+    return model
+
+
+def test_saved_file_mode_follows_umask_and_existing_file(tmp_path):
+    model = _adapted_functional()
+    path = tmp_path / "adapter.weights.h5"
+    previous = os.umask(0o022)
+    try:
+        save_fourierft_weights(model, path)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+        os.chmod(path, 0o640)
+        save_fourierft_weights(model, path)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    finally:
+        os.umask(previous)
+
+
+def test_save_writes_through_a_symlink(tmp_path):
+    model = _adapted_functional()
+    for _, layer in fourier_layers(model):
+        layer.set_spectrum(np.arange(10, dtype="float32"))
+    (tmp_path / "real").mkdir()
+    real = tmp_path / "real" / "adapter.weights.h5"
+    real.write_bytes(b"old")
+    link = tmp_path / "adapter.weights.h5"
+    link.symlink_to(real)
+    save_fourierft_weights(model, link)
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    spectra = [layer["spectrum"] for layer in read_adapter_file(real)["layers"]]
+    np.testing.assert_array_equal(spectra, [np.arange(10)] * 2)
+    assert sorted(os.listdir(tmp_path / "real")) == ["adapter.weights.h5"]
+
+
+def test_temporary_files_of_killed_saves_are_removed(tmp_path):
+    # A save killed mid-write leaves its temporary file; the next save of the
+    # same file removes it, but not that of a save still running.
+    target = tmp_path / "adapter.weights.h5"
+    write_slowly = (
+        "import time\n"
+        "def write(path):\n"
+        "    open(path, 'wb').write(b'partial')\n"
+        "    print('ready', flush=True)\n"
+        "    time.sleep(60)\n"
+        "files.write_atomically(sys.argv[1], write)\n"
+    )
+    for _ in range(3):
+        kill(start_child(write_slowly, target))
+        assert len(os.listdir(tmp_path)) == 1  # they do not accumulate
+    save_fourierft_weights(_adapted_functional(), target)
+    assert os.listdir(tmp_path) == ["adapter.weights.h5"]
+    running = start_child(write_slowly, target)
+    try:
+        save_fourierft_weights(_adapted_functional(), target)
+        names = sorted(os.listdir(tmp_path))
+        assert len(names) == 2 and "adapter.weights.h5" in names
+    finally:
+        kill(running)
+    save_fourierft_weights(_adapted_functional(), target)
+    assert os.listdir(tmp_path) == ["adapter.weights.h5"]
+
+
+def _saved_functional(tmp_path, include_trainable_weights=False):
+    model = _adapted_functional()
+    for _, layer in fourier_layers(model):
+        layer.set_spectrum(np.linspace(-1, 1, 10))
+    for variable in model.get_layer("head").weights:
+        variable.trainable = include_trainable_weights
+    path = tmp_path / "adapter.weights.h5"
+    save_fourierft_weights(
+        model, path, include_trainable_weights=include_trainable_weights
+    )
+    return path
+
+
+def _edit(path, edit):
+    with h5py.File(path, "r+") as file:
+        edit(file)
+
+
+def _replace(group, name, create):
+    """Replaces dataset `name` by `create(group, name)`, keeping its attrs."""
+    attrs = dict(group[name].attrs)
+    del group[name]
+    data = create(group, name)
+    for key, value in attrs.items():
+        data.attrs[key] = value
+
+
+def _set_values(dataset, index, value):
+    values = dataset[()]
+    values[index] = value
+    dataset[...] = values
+
+
+def _edit_config(dataset, **changes):
+    config = json.loads(dataset.attrs["config"])
+    config.update(changes)
+    dataset.attrs["config"] = json.dumps(config)
+
+
+def _assert_refused(path, message):
+    """Loading `path` raises a ValueError naming the file; nothing changes."""
+    keras.utils.set_random_seed(0)
+    plain = models.functional()
+    adapted = _adapted_functional()
+    for model in (plain, adapted):
+        before = snapshot(model)
+        with pytest.raises(ValueError, match=message) as info:
+            load_fourierft_weights(model, path)
+        assert str(path) in str(info.value)
+        assert_same_weights(before, snapshot(model))
+    assert not fourier_layers(plain)
+    with pytest.raises(ValueError, match=message):
+        read_adapter_file(path)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda f: _set_values(f["fourierft/0"], 3, np.nan),
+        lambda f: _set_values(f["fourierft/1"], 0, -np.inf),
+        lambda f: _set_values(f["trainable/0"], 0, np.nan),
+    ],
+    ids=["nan coefficient", "inf coefficient", "nan trainable weight"],
+)
+def test_non_finite_values_are_refused(tmp_path, edit):
+    path = _saved_functional(tmp_path, include_trainable_weights=True)
+    _edit(path, edit)
+    _assert_refused(path, "non-finite")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_scaling_is_refused(tmp_path, value):
+    path = _saved_functional(tmp_path)
+    _edit(
+        path, lambda f: [_edit_config(f[f"fourierft/{i}"], scaling=value) for i in "01"]
+    )
+    _assert_refused(path, "scaling=.*not a finite number")
+
+
+def _external_storage(tmp_path):
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.arange(10, dtype="<f4").tobytes())
+    return lambda group, name: group.create_dataset(
+        name, shape=(10,), dtype="<f4", external=[(str(secret), 0, 40)]
+    )
+
+
+def _virtual(tmp_path):
+    source = tmp_path / "source.h5"
+    with h5py.File(source, "w") as file:
+        file["x"] = np.arange(10, dtype="f4")
+    layout = h5py.VirtualLayout(shape=(10,), dtype="f4")
+    layout[:] = h5py.VirtualSource(str(source), "x", shape=(10,))
+    return lambda group, name: group.create_virtual_dataset(name, layout)
+
+
+def _external_link(tmp_path):
+    other = tmp_path / "other.weights.h5"
+    with h5py.File(other, "w") as file:
+        file["x"] = np.arange(10, dtype="f4")
+
+    def edit(file):
+        del file["fourierft/1"]
+        file["fourierft/1"] = h5py.ExternalLink(str(other), "/x")
+
+    return edit
+
+
+def _soft_link(file):
+    del file["fourierft/1"]
+    file["fourierft/1"] = h5py.SoftLink("/fourierft/0")
+
+
+@pytest.mark.parametrize(
+    "craft, message",
+    [
+        (
+            lambda tmp: lambda f: _replace(f["fourierft"], "0", _external_storage(tmp)),
+            "external storage",
+        ),
+        (
+            lambda tmp: lambda f: _replace(f["fourierft"], "0", _virtual(tmp)),
+            "virtual dataset",
+        ),
+        (_external_link, "ExternalLink"),
+        (lambda tmp: _soft_link, "SoftLink"),
+        (lambda tmp: lambda f: f.create_group("more"), "not the groups"),
+        (lambda tmp: lambda f: f.__setitem__("notes", [1.0]), "Dataset 'notes'"),
+        (lambda tmp: lambda f: f.__setitem__("kind", np.dtype("f4")), "Datatype"),
+        (
+            lambda tmp: lambda f: f["fourierft"].create_group("2"),
+            "Group '2' where the format has a Dataset",
+        ),
+        (
+            lambda tmp: lambda f: f["trainable"].__setitem__("extra", [1.0]),
+            "not 0 to 0",
+        ),
+    ],
+    ids=[
+        "external storage",
+        "virtual dataset",
+        "external link",
+        "soft link",
+        "extra group",
+        "extra dataset",
+        "committed datatype",
+        "group among datasets",
+        "misnamed dataset",
+    ],
+)
+def test_links_external_data_and_foreign_objects_are_refused(tmp_path, craft, message):
+    path = _saved_functional(tmp_path)
+    _edit(path, craft(tmp_path))
+    _assert_refused(path, message)
+
+
+def test_declared_sizes_are_checked_before_reading(tmp_path):
+    # A file of a few KB declares 2**30 coefficients (4 GiB), chunked and
+    # never written: refused before anything is read or allocated.
+    path = _saved_functional(tmp_path)
+
+    def huge(group, name):
+        return group.create_dataset(name, shape=(2**30,), dtype="f4", chunks=(2**16,))
+
+    def edit(file):
+        _replace(file["fourierft"], "0", huge)
+        _edit_config(
+            file["fourierft/0"],
+            n_frequency=2**30,
+            in_features=2**15,
+            out_features=2**15,
+        )
+
+    _edit(path, edit)
+    assert path.stat().st_size < 20_000
+    tracemalloc.start()
+    try:
+        _assert_refused(path, "declares")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 50 * 2**20
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda f: _replace(
+                f["fourierft"], "0", lambda g, n: g.create_dataset(n, data=np.zeros(12))
+            ),
+            r"declares n_frequency=10 but stores an array of shape \(12,\)",
+        ),
+        (
+            lambda f: _replace(
+                f["fourierft"],
+                "0",
+                lambda g, n: g.create_dataset(n, data=np.arange(10)),
+            ),
+            "int64 values",
+        ),
+        (
+            lambda f: _replace(
+                f["fourierft"], "0", lambda g, n: g.create_dataset(n, data=["a"] * 10)
+            ),
+            "values of shape",
+        ),
+        (
+            lambda f: _replace(
+                f["fourierft"],
+                "0",
+                lambda g, n: g.create_dataset(n, shape=(10,), dtype="f4"),
+            ),
+            "stores 0 bytes",
+        ),
+    ],
+    ids=["shape", "integer coefficients", "strings", "unwritten"],
+)
+def test_declared_shapes_and_types_must_fit(tmp_path, edit, message):
+    path = _saved_functional(tmp_path)
+    _edit(path, edit)
+    _assert_refused(path, message)
+
+
+def _drop_attribute(name):
+    def edit(file):
+        del file["fourierft/0"].attrs[name]
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (_drop_attribute("config"), "lacks the attribute 'config'"),
+        (_drop_attribute("path"), "lacks the attribute 'path'"),
+        (
+            lambda f: f["fourierft/0"].attrs.__setitem__("config", "{not json"),
+            "is not JSON",
+        ),
+        (
+            lambda f: f["fourierft/0"].attrs.__setitem__("config", "[1, 2]"),
+            "not a JSON object",
+        ),
+        (
+            lambda f: f["fourierft/0"].attrs.__setitem__("config", "{}"),
+            "lacks",
+        ),
+        (lambda f: f["fourierft"].move("1", "2"), r"not 0 to 1"),
+        (lambda f: f.attrs.__delitem__("format_version"), "format_version"),
+        (
+            lambda f: f.attrs.__setitem__("format_version", "one"),
+            "format_version is 'one'",
+        ),
+        (
+            lambda f: _edit_config(f["fourierft/0"], n_frequency="10"),
+            "not a positive integer",
+        ),
+        (
+            lambda f: _edit_config(f["fourierft/0"], n_frequency=True),
+            "not a positive integer",
+        ),
+        (
+            lambda f: _edit_config(f["fourierft/0"], in_features=-6),
+            "not a positive integer",
+        ),
+        (
+            lambda f: _edit_config(f["fourierft/0"], n_frequency=100),
+            "more than its 6x12 weight has entries",
+        ),
+        (lambda f: _edit_config(f["fourierft/0"], seed=1.5), "seed=1.5"),
+        (
+            lambda f: f["fourierft/0"].attrs.__setitem__("path", [1, 2]),
+            "attribute 'path'",
+        ),
+        (lambda f: f.__delitem__("fourierft"), "not the groups"),
+    ],
+    ids=[
+        "no config",
+        "no path",
+        "bad json",
+        "config list",
+        "config empty",
+        "missing index",
+        "no version",
+        "text version",
+        "text n_frequency",
+        "boolean n_frequency",
+        "negative features",
+        "n_frequency too large",
+        "fractional seed",
+        "array path",
+        "no adapter group",
+    ],
+)
+def test_malformed_descriptions_are_refused(tmp_path, edit, message):
+    path = _saved_functional(tmp_path)
+    _edit(path, edit)
+    _assert_refused(path, message)

@@ -1,7 +1,11 @@
 import importlib.util
 import json
+import os
 import pathlib
 import re
+import subprocess
+import sys
+import time
 
 import keras
 import keras_hub
@@ -18,7 +22,9 @@ from keras_fourierft import save_peft_adapter
 from tests import models
 from tests.conftest import FIXTURES
 from tests.helpers import assert_same_weights
+from tests.helpers import kill
 from tests.helpers import snapshot
+from tests.helpers import start_child
 
 ADAPTER = FIXTURES / "minilm_fourierft_qv"
 PREFIX = "base_model.model."
@@ -256,7 +262,7 @@ def test_failed_save_keeps_previous_files(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(safetensors.numpy, "save_file", crash)
+    monkeypatch.setattr(safetensors.numpy, "save", crash)
     model = _adapted_bert(n_frequency=12, seed=9)
     with pytest.raises(OSError, match="disk full"):
         save_peft_adapter(model, folder)
@@ -362,3 +368,234 @@ def test_entries_follow_the_model_order_not_the_file_order(
     assert not np.allclose(_sequence_output(same, x), expected, atol=1e-3)
     load_peft_adapter(same, tmp_path)
     np.testing.assert_allclose(_sequence_output(same, x), expected, atol=1e-5)
+
+
+def _strip_metadata(folder):
+    # What PEFT's own save_pretrained writes: no keras_fourierft metadata.
+    _edit_tensors(folder, lambda t: None)
+
+
+@pytest.mark.parametrize("previous", ["keras_fourierft", "peft"])
+def test_save_interrupted_between_its_two_files_is_refused(
+    tmp_path, monkeypatch, previous
+):
+    folder = _small_peft_adapter(tmp_path)
+    if previous == "peft":
+        _strip_metadata(folder)
+    replace = os.replace
+
+    def die_before_the_config(source, target):
+        if str(target).endswith("adapter_config.json"):
+            raise KeyboardInterrupt
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", die_before_the_config)
+    with pytest.raises(KeyboardInterrupt):
+        save_peft_adapter(_adapted_bert(n_frequency=12, seed=9), folder)
+    monkeypatch.undo()
+    model = _fresh_bert()
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="interrupted"):
+        load_peft_adapter(model, folder)
+    assert_same_weights(before, snapshot(model))
+    assert not fourier_layers(model)
+    # The next save repairs the folder.
+    save_peft_adapter(_adapted_bert(n_frequency=12, seed=9), folder)
+    assert read_peft_adapter(folder)["config"]["random_loc_seed"] == 9
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
+
+
+def test_edits_to_other_config_fields_are_accepted(tmp_path):
+    folder = _small_peft_adapter(tmp_path)
+    _edit_config(folder, base_model_name_or_path="my/bert", inference_mode=False)
+    assert read_peft_adapter(folder)["config"]["base_model_name_or_path"] == "my/bert"
+    _edit_config(folder, scaling=151.0)
+    with pytest.raises(ValueError, match="inconsistent"):
+        read_peft_adapter(folder)
+
+
+def test_killed_saves_never_leave_a_mixed_folder(tmp_path):
+    # Each child saves two different adapters (seed 0: spectra 0; seed 1:
+    # spectra 1) into one folder in a loop until it is killed at a random
+    # moment. Afterwards the folder holds one of the two, or is refused;
+    # temporary files do not pile up.
+    folder = tmp_path / "adapter"
+    save_in_a_loop = (
+        "import numpy as np\n"
+        "def adapter(seed):\n"
+        "    modules = [f'encoder.layer.{i}.attention.self.query' for i in (0, 1)]\n"
+        "    config = {'peft_type': 'FOURIERFT', 'n_frequency': 100000,\n"
+        "              'scaling': 150.0, 'random_loc_seed': seed,\n"
+        "              'target_modules': modules, 'n_frequency_pattern': {}}\n"
+        "    spectrum = np.full(100000, seed, 'float32')\n"
+        "    keys = [f'base_model.model.{m}.fourierft_spectrum' for m in modules]\n"
+        "    return config, {key: spectrum for key in keys}\n"
+        "adapters = [adapter(0), adapter(1)]\n"
+        "files.write_peft_folder(sys.argv[1], *adapters[0])\n"
+        "print('ready', flush=True)\n"
+        "i = 1\n"
+        "while True:\n"
+        "    files.write_peft_folder(sys.argv[1], *adapters[i % 2])\n"
+        "    i += 1\n"
+    )
+    rng = np.random.default_rng(0)
+    outcomes = []
+    for _ in range(8):
+        child = start_child(save_in_a_loop, folder)
+        time.sleep(rng.uniform(0.0, 0.05))
+        kill(child)
+        assert len(list(folder.iterdir())) <= 4  # the pair and two temporaries
+        try:
+            adapter = read_peft_adapter(folder)
+        except ValueError as error:
+            assert "interrupted" in str(error)
+            outcomes.append("refused")
+            continue
+        seed = adapter["config"]["random_loc_seed"]
+        for spectrum in adapter["spectra"].values():
+            np.testing.assert_array_equal(spectrum, np.full(100000, seed))
+        outcomes.append(seed)
+    assert set(outcomes) & {0, 1}, outcomes
+
+
+def _rename_module(folder, old, new):
+    def edit(tensors):
+        tensors[PREFIX + new + SUFFIX] = tensors.pop(PREFIX + old + SUFFIX)
+
+    _edit_tensors(folder, edit)
+
+
+def _assert_refused(folder, message):
+    model = _fresh_bert()
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=message) as info:
+        load_peft_adapter(model, folder)
+    assert str(folder) in str(info.value)
+    assert_same_weights(before, snapshot(model))
+    assert not fourier_layers(model)
+
+
+def test_pattern_key_with_catastrophic_backtracking_is_refused_quickly(tmp_path):
+    # PEFT matches `re.match(rf".*\.{key}$", module)`: with this key and a
+    # module ending in 30 a's and a `b`, that takes 2**30 steps (hours).
+    folder = _small_peft_adapter(tmp_path)
+    module = "encoder.layer.0.attention.self." + "a" * 30 + "b"
+    _rename_module(folder, "encoder.layer.0.attention.self.query", module)
+    _edit_config(folder, n_frequency_pattern={"(a|a)+$": 12})
+    code = (
+        "import sys\n"
+        "from keras_fourierft import read_peft_adapter\n"
+        "try:\n"
+        "    read_peft_adapter(sys.argv[1])\n"
+        "except ValueError as error:\n"
+        "    print(error)\n"
+    )
+    root = pathlib.Path(__file__).parent.parent
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(folder)],
+        cwd=root,
+        env={**os.environ, "KERAS_BACKEND": "numpy"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "cannot be matched safely: it repeats a group" in result.stdout
+    assert "adapter_config.json" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "key, message",
+    [
+        ("(", "not a regular expression"),
+        (r"(query)\1", "backreference"),
+        ("[a.]*[a.]*[a.]*query", "repeats more than 2 characters"),
+        ("(ab|cd|ef)(ab|cd|ef)(ab|cd|ef)query", "more than 16 combinations"),
+        ("query" + "|query" * 60, "longer than 256 characters"),
+    ],
+)
+def test_unsafe_pattern_keys_are_refused(tmp_path, key, message):
+    folder = _small_peft_adapter(tmp_path)
+    _strip_metadata(folder)
+    _edit_config(folder, n_frequency_pattern={key: 12})
+    _assert_refused(folder, message)
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        {"self.query": 7},
+        {"layer.1.attention.self.query": 7, "query": 5},
+        {r"layer\.[01]\.attention\.self\.(query|value)": 7},
+        {r".*\.0\.attention\.self\.value": 7},
+        {"value|query": 7},
+        {r"\d\.attention\.self\.query": 7},
+    ],
+)
+def test_pattern_keys_match_as_in_peft(tmp_path, pattern):
+    folder = _small_peft_adapter(tmp_path)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    config["n_frequency_pattern"] = pattern
+
+    def resize(tensors):
+        for key in tensors:
+            module = key[len(PREFIX) : -len(SUFFIX)]
+            tensors[key] = np.ones(_peft_rule(config, module), "float32")
+
+    _edit_tensors(folder, resize)
+    _edit_config(folder, n_frequency_pattern=pattern)
+    spectra = read_peft_adapter(folder)["spectra"]
+    assert {m: s.shape[0] for m, s in spectra.items()} == {
+        m: _peft_rule(config, m) for m in spectra
+    }
+    assert {s.shape[0] for s in spectra.values()} != {12}
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"n_frequency": "12"}, "n_frequency='12', not a positive integer"),
+        ({"n_frequency": 0}, "n_frequency=0, not a positive integer"),
+        ({"n_frequency": True}, "n_frequency=True, not a positive integer"),
+        ({"scaling": "x"}, "scaling='x', not a finite number"),
+        ({"scaling": float("nan")}, "scaling=nan, not a finite number"),
+        ({"scaling": float("inf")}, "scaling=inf, not a finite number"),
+        ({"random_loc_seed": None}, "random_loc_seed=None, not an integer"),
+        ({"random_loc_seed": 1.5}, "random_loc_seed=1.5, not an integer"),
+        ({"n_frequency_pattern": ["query"]}, "not a mapping"),
+        (
+            {"n_frequency_pattern": {"query": "12"}},
+            r"n_frequency_pattern\['query'\]='12', not a positive integer",
+        ),
+    ],
+)
+def test_malformed_configs_are_refused(tmp_path, changes, message):
+    folder = _small_peft_adapter(tmp_path)
+    _strip_metadata(folder)
+    _edit_config(folder, **changes)
+    _assert_refused(folder, message)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_spectra_are_refused(tmp_path, value):
+    folder = _small_peft_adapter(tmp_path)
+
+    def spoil(tensors):
+        key = sorted(tensors)[1]
+        tensors[key] = tensors[key].copy()
+        tensors[key][5] = value
+
+    _edit_tensors(folder, spoil)
+    _assert_refused(folder, "non-finite")
+
+
+def test_integer_spectra_and_overlong_module_paths_are_refused(tmp_path):
+    folder = _small_peft_adapter(tmp_path)
+    _edit_tensors(folder, lambda t: t.update({k: np.arange(12) for k in sorted(t)[:1]}))
+    _assert_refused(folder, "int64 values, not floating point")
+    folder = _small_peft_adapter(tmp_path / "long")
+    module = "encoder.layer.0.attention.self.query"
+    _rename_module(folder, module, "a." * 300 + module)
+    _assert_refused(folder, "module paths have at most 512")
