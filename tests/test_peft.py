@@ -351,7 +351,8 @@ def test_entries_follow_the_model_order_not_the_file_order(
     assert len(model_order) == num_layers * len(targets)
     file_order = list(read_peft_adapter(tmp_path)["spectra"])
     assert sorted(file_order) == sorted(model_order)
-    assert file_order != model_order
+    # safetensors stores its keys sorted: the model's order is not that one.
+    assert sorted(model_order) != model_order
 
     fresh = _deep_bert(num_layers)
     assert not np.allclose(_sequence_output(fresh, x), expected, atol=1e-3)
