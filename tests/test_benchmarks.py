@@ -55,6 +55,14 @@ def test_adapter_layer_reports_ratios(tmp_path):
         output=tmp_path / "layer.json",
     )
     (case,) = data["cases"]
-    assert case["hidden"] == 384 and case["tokens"] == 32 * 64
-    assert set(case["median_ms"]) == {"frozen", "lora", "fourierft"}
+    assert case["in_features"] == case["out_features"] == 384
+    assert case["tokens"] == 32 * 64
+    assert set(case["median_ms"]) == {
+        "frozen",
+        "lora",
+        "fourierft",
+        "fourierft_dense",
+        "fourierft_activation",
+    }
     assert case["fourierft_over_lora"] > 0
+    assert case["auto_over_best_path"] > 0
