@@ -9,6 +9,8 @@ the model stay as they were; a `coefficients` variable is added and `call`
 adds the update.
 """
 
+import collections
+import functools
 import hashlib
 import json
 import math
@@ -23,8 +25,6 @@ from keras_fourierft import spectral
 from keras_fourierft.config import SPECTRUM_FIELDS
 from keras_fourierft.config import FourierFTConfig
 
-# Settings that define an adapter's spectrum (kept for compatibility).
-ADAPTER_SETTINGS = SPECTRUM_FIELDS
 QUANTIZATION_MODES = (None, "int8", "int4", "float8")
 
 
@@ -143,6 +143,7 @@ class _RowLayout:
         self.input_permutation = [
             input_term.index(letter) for letter in tokens + features_in
         ]
+        self.token_axes = [input_term.index(letter) for letter in tokens]
         self.token_count = len(tokens)
         self.output_sizes = [sizes[letter] for letter in features_out]
         current = tokens + features_out
@@ -156,6 +157,12 @@ class _RowLayout:
     def from_rows(self, rows, token_shape):
         y = ops.reshape(rows, tuple(token_shape) + tuple(self.output_sizes))
         return _transpose(y, self.output_permutation)
+
+
+@functools.cache
+def _row_layout(equation, kernel_shape, rank):
+    # Cached: on eager backends every call asks for it.
+    return _RowLayout(equation, kernel_shape, rank)
 
 
 def _transpose(x, permutation):
@@ -182,11 +189,13 @@ def float_kernel_shape(layer):
     return tuple(int(d) for d in layer._kernel.shape)
 
 
-def check_adaptable(layer):
+def check_adaptable(layer, config=None):
     """Raises a clear error if `layer` cannot be adapted in place.
 
     Args:
         layer: Any Keras layer.
+        config: Optional `FourierFTConfig`; if given, its `n_frequency` must
+            fit the layer's weight.
     """
     if isinstance(layer, _FourierFTMixin):
         raise ValueError(
@@ -232,6 +241,8 @@ def check_adaptable(layer):
             "update to the kernel that a constraint cannot see, so it would "
             "be silently violated. Remove the constraint first."
         )
+    if config is not None:
+        _check_size(layer, config, float_kernel_shape(layer))
 
 
 def adapt_layer(layer, config=None, **settings):
@@ -265,8 +276,7 @@ def adapt_layer(layer, config=None, **settings):
         config = FourierFTConfig(**settings)
     elif settings:
         raise ValueError("Pass either `config` or settings, not both.")
-    check_adaptable(layer)
-    _check_size(layer, config, float_kernel_shape(layer))
+    check_adaptable(layer, config)
     with keras_internals.unlocked_tracker(layer):
         keras_internals.set_layer_class(layer, _ADAPTED_CLASS[type(layer)])
         layer._init_fourierft(config)
@@ -291,14 +301,12 @@ def remove_adapter(layer, merge=True):
         layer.merge(safe_merge=True)
     else:
         layer.unmerge(force=True)
-    coefficients = layer.coefficients
     with keras_internals.unlocked_tracker(layer):
         del layer.coefficients
         keras_internals.set_layer_class(layer, _PLAIN_CLASS[type(layer)])
         for name in _STATE:
             if name in layer.__dict__:
                 object.__delattr__(layer, name)
-    del coefficients
     return layer
 
 
@@ -310,17 +318,23 @@ _STATE = (
     "_delta_plan",
     "_activation_plan",
     "_enabled",
-    "_merged_from",
-    "_merged_digest",
-    "_coefficients_trainable",
-    "_layouts",
+    "_merged",
 )
+
+
+class _Merged(collections.namedtuple("_Merged", "original digest trainable")):
+    """A merged layer's original kernel, a digest of the merged one, and
+    whether its coefficients were trainable before the merge."""
+
+
+def _setting(name, doc):
+    return property(lambda self: getattr(self.fourierft_config, name), doc=doc)
 
 
 class _FourierFTMixin:
     """What `FourierDense` and `FourierEinsumDense` share."""
 
-    def _fourierft_init(self, args, settings):
+    def __init__(self, *args, **kwargs):
         if args and isinstance(args[0], keras.layers.Layer):
             raise TypeError(
                 f"{type(self).__qualname__} is a Keras layer built from its "
@@ -329,22 +343,47 @@ class _FourierFTMixin:
                 "`keras_fourierft.adapt_layer(layer, n_frequency=...)`: it "
                 "adapts the layer in place."
             )
-        return FourierFTConfig(**settings)
+        config = FourierFTConfig(
+            **{
+                name: kwargs.pop(name)
+                for name in FourierFTConfig.__dataclass_fields__
+                if name in kwargs
+            }
+        )
+        super().__init__(*args, **kwargs)
+        self._init_fourierft(config)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        _check_size(self, self.fourierft_config, float_kernel_shape(self))
+        self._build_fourierft()
+
+    def quantize(self, mode=None, type_check=True, config=None):
+        """Quantizes the base kernel; the adapter stays in float32."""
+        if self.merged:
+            raise ValueError(
+                f"Layer {self.name!r} has its FourierFT adapter merged; "
+                "unmerge before quantizing."
+            )
+        if mode not in QUANTIZATION_MODES[1:]:
+            raise ValueError(
+                f"Layer {self.name!r} has a FourierFT adapter, which runs on "
+                f"'int8', 'int4' and 'float8' bases; mode {mode!r} is not "
+                "supported. Quantize the base model before adding the "
+                "adapter, with one of those modes."
+            )
+        super().quantize(mode, type_check=False, config=config)
 
     def _init_fourierft(self, config):
         self.fourierft_config = config
         self.locations = None
         self.model_path = None
         self._enabled = True
-        self._merged_from = None
-        self._merged_digest = None
-        self._coefficients_trainable = True
-        self._layouts = {}
+        self._merged = None
 
     def _build_fourierft(self):
         config = self.fourierft_config
         shape = float_kernel_shape(self)
-        _check_size(self, config, shape)
         view = kernel_view(getattr(self, "equation", None), shape)
         self._view = view
         self.locations = spectral.frequency_locations(
@@ -358,8 +397,8 @@ class _FourierFTMixin:
         )
         indices = spectral.kernel_indices(self.locations)
         size = (view["in_features"], view["out_features"])
-        self._delta_plan = spectral.spectral_plan(indices, size)
-        self._activation_plan = spectral.activation_plan(indices, size)
+        self._delta_plan = _to_tensors(spectral.spectral_plan(indices, size))
+        self._activation_plan = _to_tensors(spectral.activation_plan(indices, size))
         self._kernel.trainable = False
         if self.bias is not None:
             self.bias.trainable = False
@@ -372,41 +411,15 @@ class _FourierFTMixin:
         )
 
     # Settings, read-only views of `fourierft_config`.
-
-    @property
-    def n_frequency(self):
-        """Integer, the number of trainable spectral coefficients."""
-        return self.fourierft_config.n_frequency
-
-    @property
-    def scaling(self):
-        """Float, the factor `alpha` of the update."""
-        return self.fourierft_config.scaling
-
-    @property
-    def seed(self):
-        """Integer, the seed of the frequency locations."""
-        return self.fourierft_config.seed
-
-    @property
-    def sampling(self):
-        """`"uniform"` or `"frequency_biased"`."""
-        return self.fourierft_config.sampling
-
-    @property
-    def center_frequency(self):
-        """Float or None, `f_c` of frequency-biased sampling."""
-        return self.fourierft_config.center_frequency
-
-    @property
-    def bandwidth(self):
-        """Float or None, `W` of frequency-biased sampling."""
-        return self.fourierft_config.bandwidth
-
-    @property
-    def lr_multiplier(self):
-        """Float, the factor between stored and effective coefficients."""
-        return self.fourierft_config.lr_multiplier
+    n_frequency = _setting("n_frequency", "Integer, the number of coefficients.")
+    scaling = _setting("scaling", "Float, the factor `alpha` of the update.")
+    seed = _setting("seed", "Integer, the seed of the frequency locations.")
+    sampling = _setting("sampling", '`"uniform"` or `"frequency_biased"`.')
+    center_frequency = _setting("center_frequency", "Float or None, `f_c`.")
+    bandwidth = _setting("bandwidth", "Float or None, `W`.")
+    lr_multiplier = _setting(
+        "lr_multiplier", "Float, the factor between stored and used coefficients."
+    )
 
     @property
     def compute(self):
@@ -422,7 +435,7 @@ class _FourierFTMixin:
     @property
     def merged(self):
         """Whether delta_W is currently folded into the kernel."""
-        return self._merged_from is not None
+        return self._merged is not None
 
     @property
     def adapter_enabled(self):
@@ -509,12 +522,18 @@ class _FourierFTMixin:
     def _adapter_active(self):
         return self._enabled and not self.merged
 
-    def _compute_mode(self, rows):
+    def _compute_mode(self, inputs):
         if self.compute != "auto":
             return self.compute
-        tokens = rows.shape[0]
+        tokens = 1
+        for axis in self._token_axes(len(inputs.shape)):
+            size = inputs.shape[axis]
+            if size is None:
+                tokens = None
+                break
+            tokens *= int(size)
         return spectral.choose_compute(
-            None if tokens is None else int(tokens),
+            tokens,
             self._view["in_features"],
             self._view["out_features"],
             self.n_frequency,
@@ -540,14 +559,16 @@ class _FourierFTMixin:
     def call(self, inputs, training=None):
         if not self._adapter_active():
             return super().call(inputs, training=training)
-        rows, restore = self._rows(inputs)
-        mode = self._compute_mode(rows)
-        if mode == "dense":
+        if self._compute_mode(inputs) == "dense":
             kernel = ops.add(ops.cast(self.kernel, "float32"), self.delta_weight())
             x = self._linear(inputs, ops.cast(kernel, self.compute_dtype))
         else:
-            update = ops.cast(self._adapter_rows(rows, mode), self.compute_dtype)
-            x = ops.add(self._linear(inputs, self.kernel), restore(update))
+            rows, restore = self._rows(inputs)
+            update = self._adapter_rows(rows, "activation")
+            x = ops.add(
+                self._linear(inputs, self.kernel),
+                restore(ops.cast(update, self.compute_dtype)),
+            )
         return self._finish(x)
 
     def quantized_call(self, inputs, training=None):
@@ -560,7 +581,7 @@ class _FourierFTMixin:
         finally:
             self.activation = activation
         rows, restore = self._rows(inputs)
-        update = self._adapter_rows(rows, self._compute_mode(rows))
+        update = self._adapter_rows(rows, self._compute_mode(inputs))
         x = ops.add(x, restore(ops.cast(update, x.dtype)))
         if self.activation is not None:
             x = self.activation(x)
@@ -598,9 +619,7 @@ class _FourierFTMixin:
         original = ops.convert_to_numpy(self._kernel).copy()
         merged = self._merged_kernel_value(original, safe_merge)
         self._kernel.assign(merged)
-        self._merged_from = original
-        self._merged_digest = _digest(merged)
-        self._coefficients_trainable = self.coefficients.trainable
+        self._merged = _Merged(original, _digest(merged), self.coefficients.trainable)
         self.coefficients.trainable = False
 
     def unmerge(self, force=False):
@@ -614,17 +633,16 @@ class _FourierFTMixin:
         if not self.merged:
             return
         current = ops.convert_to_numpy(self._kernel)
-        if not force and _digest(current) != self._merged_digest:
+        if not force and _digest(current) != self._merged.digest:
             raise ValueError(
                 f"Layer {self.name!r}: its kernel was changed while the "
                 "adapter was merged into it (e.g. by `set_weights`). "
                 "Unmerging would overwrite that change with the kernel saved "
                 "at merge time. Call `unmerge(force=True)` to do so anyway."
             )
-        self._kernel.assign(self._merged_from)
-        self._merged_from = None
-        self._merged_digest = None
-        self.coefficients.trainable = self._coefficients_trainable
+        self._kernel.assign(self._merged.original)
+        self.coefficients.trainable = self._merged.trainable
+        self._merged = None
 
     def _merged_kernel_value(self, original, safe_merge):
         delta = ops.convert_to_numpy(self.delta_weight())
@@ -640,7 +658,7 @@ class _FourierFTMixin:
     def original_kernel(self):
         """Returns the frozen pretrained kernel `W` as a numpy array."""
         if self.merged:
-            return self._merged_from.copy()
+            return self._merged.original.copy()
         return ops.convert_to_numpy(self._kernel)
 
     def to_plain_layer(self, safe_merge=True):
@@ -710,7 +728,7 @@ class _FourierFTMixin:
         base = {}
         super().save_own_variables(base)
         if self.merged:
-            base["0"] = self._merged_from
+            base["0"] = self._merged.original
         for key, value in base.items():
             store[key] = value
         store[str(len(base))] = self.coefficients
@@ -746,15 +764,16 @@ class _FourierFTMixin:
                 )
         was_merged = self.merged
         self.unmerge(force=True)
-        super().load_own_variables(_StoreView(store, size))
+        super().load_own_variables(store)
         if keys == size + 1:
             self.coefficients.assign(coefficients)
         if was_merged:
             self.merge()
 
     def _check_load_own_variables(self, store):
-        # The base layer's check counts all variables; the coefficients are
-        # checked by `load_own_variables` above.
+        # The base layer's check counts all variables; `load_own_variables`
+        # above checks the entry count, and the base layer's loading reads
+        # only its own entries.
         return None
 
     def save_assets(self, dir_path):
@@ -781,25 +800,6 @@ class _FourierFTMixin:
         return config
 
 
-class _StoreView:
-    """The first `size` entries of a weights store."""
-
-    def __init__(self, store, size):
-        self._store = store
-        self._size = size
-
-    def keys(self):
-        return [str(i) for i in range(self._size)]
-
-    def __len__(self):
-        return self._size
-
-    def __getitem__(self, key):
-        if int(key) >= self._size:
-            raise KeyError(key)
-        return self._store[key]
-
-
 def _check_size(layer, config, kernel_shape):
     view = kernel_view(getattr(layer, "equation", None), kernel_shape)
     size = view["in_features"] * view["out_features"]
@@ -810,6 +810,10 @@ def _check_size(layer, config, kernel_shape):
             f"weight has {size} entries. Use at most that many frequencies for "
             "this layer."
         )
+
+
+def _to_tensors(plan):
+    return {key: ops.convert_to_tensor(value) for key, value in plan.items()}
 
 
 def _digest(array):
@@ -879,18 +883,11 @@ _LAYER_DOC = """
 
 @keras.saving.register_keras_serializable(package="keras_fourierft")
 class FourierDense(_FourierFTMixin, keras.layers.Dense):
-    def __init__(self, *args, **kwargs):
-        settings = _pop_settings(kwargs)
-        config = self._fourierft_init(args, settings)
-        super().__init__(*args, **kwargs)
-        self._init_fourierft(config)
-
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._build_fourierft()
-
     def _linear(self, inputs, kernel):
         return ops.matmul(inputs, kernel)
+
+    def _token_axes(self, rank):
+        return range(rank - 1)
 
     def _rows(self, inputs):
         in_features = self._view["in_features"]
@@ -902,44 +899,26 @@ class FourierDense(_FourierFTMixin, keras.layers.Dense):
 
         return rows, restore
 
-    def quantize(self, mode=None, type_check=True, config=None):
-        """Quantizes the base kernel; the adapter stays in float32."""
-        _check_quantizable(self, mode)
-        super().quantize(mode, type_check=False, config=config)
-
 
 @keras.saving.register_keras_serializable(package="keras_fourierft")
 class FourierEinsumDense(_FourierFTMixin, keras.layers.EinsumDense):
-    def __init__(self, *args, **kwargs):
-        settings = _pop_settings(kwargs)
-        config = self._fourierft_init(args, settings)
-        super().__init__(*args, **kwargs)
-        self._init_fourierft(config)
-
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._build_fourierft()
-
     def _linear(self, inputs, kernel):
         return ops.einsum(self.equation, inputs, kernel)
 
+    def _layout(self, rank):
+        return _row_layout(self.equation, float_kernel_shape(self), rank)
+
+    def _token_axes(self, rank):
+        return self._layout(rank).token_axes
+
     def _rows(self, inputs):
-        rank = len(inputs.shape)
-        layout = self._layouts.get(rank)
-        if layout is None:
-            layout = _RowLayout(self.equation, float_kernel_shape(self), rank)
-            self._layouts[rank] = layout
+        layout = self._layout(len(inputs.shape))
         rows, token_shape = layout.to_rows(inputs, self._view["in_features"])
 
         def restore(update):
             return layout.from_rows(update, token_shape)
 
         return rows, restore
-
-    def quantize(self, mode=None, type_check=True, config=None):
-        """Quantizes the base kernel; the adapter stays in float32."""
-        _check_quantizable(self, mode)
-        super().quantize(mode, type_check=False, config=config)
 
 
 FourierDense.__doc__ = (
@@ -990,29 +969,6 @@ _ADAPTED_CLASS = {
     keras.layers.EinsumDense: FourierEinsumDense,
 }
 _PLAIN_CLASS = {adapted: plain for plain, adapted in _ADAPTED_CLASS.items()}
-
-
-def _pop_settings(kwargs):
-    return {
-        name: kwargs.pop(name)
-        for name in FourierFTConfig.__dataclass_fields__
-        if name in kwargs
-    }
-
-
-def _check_quantizable(layer, mode):
-    if layer.merged:
-        raise ValueError(
-            f"Layer {layer.name!r} has its FourierFT adapter merged; unmerge "
-            "before quantizing."
-        )
-    if mode not in QUANTIZATION_MODES[1:]:
-        raise ValueError(
-            f"Layer {layer.name!r} has a FourierFT adapter, which runs on "
-            f"'int8', 'int4' and 'float8' bases; mode {mode!r} is not "
-            "supported. Quantize the base model before adding the adapter, "
-            "with one of those modes."
-        )
 
 
 def is_adapted(layer):

@@ -17,9 +17,7 @@ from keras_fourierft.config import DEFAULT_LR_MULTIPLIER
 from keras_fourierft.config import FourierFTConfig
 from keras_fourierft.layers import adapt_layer
 from keras_fourierft.layers import check_adaptable
-from keras_fourierft.layers import float_kernel_shape
 from keras_fourierft.layers import is_adapted
-from keras_fourierft.layers import kernel_view
 from keras_fourierft.layers import remove_adapter
 
 DEFAULT_TARGET_LAYER_NAMES = ("query", "value", "query_dense", "value_dense")
@@ -245,7 +243,10 @@ def enable_fourierft(
             layer_config = config.replace(n_frequency=n)
         except ValueError as error:
             raise ValueError(f"Layer {path!r}: {error}") from None
-        _validate_target(path, layer, layer_config.n_frequency)
+        try:
+            check_adaptable(layer, layer_config)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"Cannot adapt {path!r}: {error}") from None
         plans.append((path, layer, layer_config))
     adapted = []
     for path, layer, layer_config in plans:
@@ -258,6 +259,42 @@ def enable_fourierft(
     if verbose:
         print(summary)
     return summary
+
+
+def enable_fourierft_on_paths(model, configs, source="The adapters"):
+    """Adapts exactly the layers at the given paths, each with its config.
+
+    Used to rebuild the adapters a file describes (adapter files, PEFT
+    folders, `.keras` records). New coefficients start at zero.
+
+    Args:
+        model: A built Keras model without adapters.
+        configs: Dict `{layer path: FourierFTConfig}` (paths as `walk_layers`
+            gives them); the configs may differ in `n_frequency` only.
+        source: How an error message names where the configs came from.
+
+    Returns:
+        A `FourierFTSummary`.
+    """
+    shared = {config.replace(n_frequency=1) for config in configs.values()}
+    if len(shared) > 1:
+        raise ValueError(
+            f"{source} mix scaling/seed/sampling settings across layers; "
+            "enable FourierFT on the model yourself, then load the weights."
+        )
+    (settings,) = shared
+    patterns = {
+        f"^{re.escape(path)}$": config.n_frequency for path, config in configs.items()
+    }
+    values = settings.replace(coefficient_initializer="zeros").to_dict()
+    values.pop("n_frequency")
+    return enable_fourierft(
+        model,
+        n_frequency=next(iter(configs.values())).n_frequency,
+        target_paths=list(patterns),
+        n_frequency_pattern=patterns,
+        **values,
+    )
 
 
 def default_target_layer_names(model):
@@ -331,9 +368,15 @@ def merge_fourierft(model, safe_merge=True):
                 f"The adapter of layer {path!r} is turned off; turn the "
                 "adapters on before merging."
             )
+    _merge_all([layer for _, layer in layers], safe_merge)
+    reset_compiled_functions(model)
+
+
+def _merge_all(layers, safe_merge):
+    """Merges every layer, or none: on a failure the merged ones unmerge."""
     done = []
     try:
-        for _, layer in layers:
+        for layer in layers:
             if not layer.merged:
                 layer.merge(safe_merge=safe_merge)
                 done.append(layer)
@@ -341,7 +384,6 @@ def merge_fourierft(model, safe_merge=True):
         for layer in done:
             layer.unmerge(force=True)
         raise
-    reset_compiled_functions(model)
 
 
 def unmerge_fourierft(model):
@@ -384,9 +426,7 @@ def unload_fourierft(model, merge=True):
                     f"Layer {path!r} is quantized; unload with merge=False or "
                     "from the float model."
                 )
-        for _, layer in layers:
-            if layer.adapter_enabled:
-                layer._merged_kernel_value(layer.original_kernel(), True)
+        _merge_all([layer for _, layer in layers if layer.adapter_enabled], True)
     for _, layer in layers:
         remove_adapter(layer, merge=merge)
     reset_compiled_functions(model)
@@ -549,22 +589,6 @@ def _pattern_value(pattern, path, default):
         if re.search(key, path):
             return value
     return default
-
-
-def _validate_target(path, layer, n_frequency):
-    try:
-        check_adaptable(layer)
-    except (TypeError, ValueError) as error:
-        raise type(error)(f"Cannot adapt {path!r}: {error}") from None
-    view = kernel_view(layer, float_kernel_shape(layer))
-    size = view["in_features"] * view["out_features"]
-    if n_frequency > size:
-        raise ValueError(
-            f"n_frequency={n_frequency!r} does not fit layer {path!r}: its "
-            f"{view['in_features']}x{view['out_features']} weight has {size} "
-            "entries. Use a positive n_frequency of at most that (e.g. via "
-            "`n_frequency_pattern`)."
-        )
 
 
 def _freeze(model, bias, trainable_layers):

@@ -76,7 +76,7 @@ def _scatter_inverse(real, imag, plan, prefix, size, factor):
     sign = plan[prefix + "target_sign"][:, None]
     bins = size // 2 + 1
     entries = torch.complex(
-        real.index_select(0, source) * sign.abs(),
+        real.index_select(0, source) * 0.5,
         imag.index_select(0, source) * sign,
     )
     half = torch.zeros(
