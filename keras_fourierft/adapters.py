@@ -4,18 +4,21 @@ import contextlib
 import json
 import math
 import os
-import re
 
 import h5py
 import keras
 import numpy as np
 from keras import ops
 
+from keras_fourierft.config import SPECTRUM_FIELDS
+from keras_fourierft.config import FourierFTConfig
+from keras_fourierft.config import check_finite
+from keras_fourierft.config import check_integer
+from keras_fourierft.config import check_positive_integer
 from keras_fourierft.files import write_atomically
-from keras_fourierft.layers import ADAPTER_SETTINGS
 from keras_fourierft.layers import float_kernel_shape
 from keras_fourierft.layers import kernel_view
-from keras_fourierft.surgery import enable_fourierft
+from keras_fourierft.surgery import enable_fourierft_on_paths
 from keras_fourierft.surgery import fourier_layers
 from keras_fourierft.surgery import owned_variables
 from keras_fourierft.surgery import walk_layers
@@ -24,7 +27,7 @@ from keras_fourierft.version import __version__
 FORMAT = "keras_fourierft.adapter"
 FORMAT_VERSION = 1
 SUFFIX = ".weights.h5"
-_LAYER_FIELDS = ("in_features", "out_features") + ADAPTER_SETTINGS
+_LAYER_FIELDS = ("in_features", "out_features") + SPECTRUM_FIELDS
 
 
 def save_fourierft_weights(model, filepath, include_trainable_weights=False):
@@ -117,7 +120,7 @@ def apply_adapter(model, entries, extra=()):
         model: A Keras model.
         entries: A list of dicts, one per adapted layer in the order of
             `fourier_layers`: `path`, `in_features`, `out_features`, the
-            `ADAPTER_SETTINGS` and `spectrum` (the effective coefficients).
+            `SPECTRUM_FIELDS` and `spectrum` (the effective coefficients).
         extra: A list of `(variable path, array)` for other weights.
     """
     matched = _check_model(model, entries, extra)
@@ -398,38 +401,25 @@ def _layer_entry(data, filepath, where):
     if missing:
         raise _malformed(filepath, f"the config of {where} lacks {missing}")
 
-    def integer(field):
-        value = entry[field]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise _malformed(
-                filepath, f"{where} has {field}={value!r}, not a positive integer"
-            )
-        return value
-
-    size = integer("in_features") * integer("out_features")
-    if integer("n_frequency") > size:
+    try:
+        sizes = {
+            field: check_positive_integer(field, entry[field])
+            for field in ("in_features", "out_features", "n_frequency")
+        }
+        check_integer("seed", entry["seed"])
+        for field in ("scaling", "center_frequency", "bandwidth"):
+            if entry[field] is not None or field == "scaling":
+                check_finite(field, entry[field])
+    except ValueError as error:
+        raise _malformed(filepath, f"{where} has {error}") from None
+    if sizes["n_frequency"] > sizes["in_features"] * sizes["out_features"]:
         raise _malformed(
             filepath,
             f"{where} has n_frequency={entry['n_frequency']}, more than its "
             f"{entry['in_features']}x{entry['out_features']} weight has entries",
         )
-    if isinstance(entry["seed"], bool) or not isinstance(entry["seed"], int):
-        raise _malformed(filepath, f"{where} has seed={entry['seed']!r}")
     if not isinstance(entry["sampling"], str):
         raise _malformed(filepath, f"{where} has sampling={entry['sampling']!r}")
-    for field in ("scaling", "center_frequency", "bandwidth"):
-        value = entry[field]
-        if value is None and field != "scaling":
-            continue
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-        ):
-            raise ValueError(
-                f"Adapter file {filepath!r}: {where} has {field}={value!r}, "
-                "not a finite number."
-            )
     entry["path"] = path
     entry["data"] = data
     return entry
@@ -534,15 +524,6 @@ def _check_enableable(model, entries):
                 f"{entry['in_features']}x{entry['out_features']} weight, the "
                 f"model's is {shape[0]}x{shape[1]}."
             )
-    settings = {
-        (e["scaling"], e["seed"], e["sampling"], e["center_frequency"], e["bandwidth"])
-        for e in entries
-    }
-    if len(settings) > 1:
-        raise ValueError(
-            "The adapter file mixes scaling/seed/sampling settings across "
-            "layers; enable FourierFT on the model yourself, then load it."
-        )
 
 
 def weight_shape(layer, description):
@@ -563,20 +544,15 @@ def weight_shape(layer, description):
 
 
 def _enable_from(model, entries):
-    first = entries[0]
-    enable_fourierft(
+    enable_fourierft_on_paths(
         model,
-        n_frequency=first["n_frequency"],
-        scaling=first["scaling"],
-        seed=first["seed"],
-        target_paths=[f"^{re.escape(e['path'])}$" for e in entries],
-        n_frequency_pattern={
-            f"^{re.escape(e['path'])}$": e["n_frequency"] for e in entries
+        {
+            entry["path"]: FourierFTConfig.from_dict(
+                {name: entry[name] for name in SPECTRUM_FIELDS}
+            )
+            for entry in entries
         },
-        sampling=first["sampling"],
-        center_frequency=first["center_frequency"],
-        bandwidth=first["bandwidth"],
-        coefficient_initializer="zeros",
+        source="The adapter file's layers",
     )
 
 

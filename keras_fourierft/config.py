@@ -68,9 +68,11 @@ class FourierFTConfig:
 
     def __post_init__(self):
         set_ = object.__setattr__
-        set_(self, "n_frequency", _positive_int("n_frequency", self.n_frequency))
-        set_(self, "scaling", _finite_float("scaling", self.scaling))
-        set_(self, "seed", _seed(self.seed))
+        set_(
+            self, "n_frequency", check_positive_integer("n_frequency", self.n_frequency)
+        )
+        set_(self, "scaling", check_finite("scaling", self.scaling))
+        set_(self, "seed", check_seed(self.seed))
         set_(self, "sampling", _choice("sampling", self.sampling, SAMPLINGS))
         set_(self, "compute", _choice("compute", self.compute, COMPUTE_MODES))
         set_(
@@ -80,16 +82,13 @@ class FourierFTConfig:
                 "coefficient_initializer", self.coefficient_initializer, INITIALIZERS
             ),
         )
-        multiplier = _finite_float("lr_multiplier", self.lr_multiplier)
+        multiplier = check_finite("lr_multiplier", self.lr_multiplier)
         if multiplier <= 0:
-            raise ValueError(
-                "`lr_multiplier` must be positive. Received: "
-                f"lr_multiplier={self.lr_multiplier!r}"
-            )
+            raise ValueError(f"lr_multiplier={self.lr_multiplier!r}, not positive")
         set_(self, "lr_multiplier", multiplier)
         if self.sampling == "frequency_biased":
-            center = _finite_float("center_frequency", self.center_frequency)
-            width = _finite_float("bandwidth", self.bandwidth)
+            center = check_finite("center_frequency", self.center_frequency)
+            width = check_finite("bandwidth", self.bandwidth)
             if center < 0 or width <= 0:
                 raise ValueError(
                     "Frequency-biased sampling needs center_frequency >= 0 and "
@@ -147,37 +146,70 @@ class FourierFTConfig:
             raise ValueError(f"{source}: {error}") from None
 
 
-def _positive_int(name, value):
+def check_integer(name, value):
+    """Returns `value` as an int, or raises if it is not an integer.
+
+    Booleans are refused; numpy integers are accepted.
+
+    Args:
+        name: The setting's name, for the message.
+        value: The value to check.
+
+    Returns:
+        An int.
+    """
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise ValueError(
-            f"`{name}` must be a positive integer. Received: {name}={value!r}"
-        )
-    if value <= 0:
-        raise ValueError(
-            f"`{name}` must be a positive integer. Received: {name}={value!r}"
-        )
+        raise ValueError(f"{name}={value!r}, not an integer")
     return int(value)
 
 
-def _seed(value):
+def check_positive_integer(name, value):
+    """Returns `value` as an int, or raises if it is not a positive integer.
+
+    Args:
+        name: The setting's name, for the message.
+        value: The value to check.
+
+    Returns:
+        An int.
+    """
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise ValueError(
-            f"`seed` must be an integer in [0, 2**32). Received: seed={value!r}"
-        )
-    if not 0 <= value < 2**32:
-        raise ValueError(
-            f"`seed` must be an integer in [0, 2**32). Received: seed={value!r}"
-        )
+        raise ValueError(f"{name}={value!r}, not a positive integer")
+    if value < 1:
+        raise ValueError(f"{name}={value!r}, not a positive integer")
     return int(value)
 
 
-def _finite_float(name, value):
+def check_finite(name, value):
+    """Returns `value` as a float, or raises if it is not a finite number.
+
+    Args:
+        name: The setting's name, for the message.
+        value: The value to check.
+
+    Returns:
+        A float.
+    """
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise ValueError(f"`{name}` must be a finite number. Received: {value!r}")
-    value = float(value)
+        raise ValueError(f"{name}={value!r}, not a finite number")
     if not math.isfinite(value):
-        raise ValueError(f"`{name}` must be a finite number. Received: {value!r}")
-    return value
+        raise ValueError(f"{name}={value!r}, not a finite number")
+    return float(value)
+
+
+def check_seed(value):
+    """Returns a location seed as an int, or raises if not in `[0, 2**32)`.
+
+    Args:
+        value: The seed to check.
+
+    Returns:
+        An int.
+    """
+    seed = check_integer("seed", value)
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"seed={value!r}, not in [0, 2**32)")
+    return seed
 
 
 def _choice(name, value, choices):

@@ -10,7 +10,6 @@ layer paths by `BERT_LAYER_MAP` (or a `layer_map` of your own).
 """
 
 import json
-import math
 import os
 import re
 
@@ -20,6 +19,9 @@ from keras import ops
 
 from keras_fourierft.adapters import apply_adapter
 from keras_fourierft.adapters import weight_shape
+from keras_fourierft.config import check_finite
+from keras_fourierft.config import check_integer
+from keras_fourierft.config import check_positive_integer
 from keras_fourierft.files import PEFT_CONFIG_NAME
 from keras_fourierft.files import PEFT_WEIGHTS_NAME
 from keras_fourierft.files import check_peft_pair
@@ -297,21 +299,12 @@ def _read_config(config_path):
     for field in ("n_frequency", "scaling", "random_loc_seed"):
         if field not in config:
             raise ValueError(f"{config_path!r} lacks the field {field!r}.")
-    _check_count(config["n_frequency"], config_path, "n_frequency")
-    scaling = config["scaling"]
-    if (
-        isinstance(scaling, bool)
-        or not isinstance(scaling, int | float)
-        or not math.isfinite(scaling)
-    ):
-        raise ValueError(
-            f"{config_path!r} has scaling={scaling!r}, not a finite number."
-        )
-    seed = config["random_loc_seed"]
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(
-            f"{config_path!r} has random_loc_seed={seed!r}, not an integer."
-        )
+    try:
+        check_positive_integer("n_frequency", config["n_frequency"])
+        check_finite("scaling", config["scaling"])
+        check_integer("random_loc_seed", config["random_loc_seed"])
+    except ValueError as error:
+        raise ValueError(f"{config_path!r} has {error}.") from None
     pattern = config.get("n_frequency_pattern")
     if pattern is not None and not isinstance(pattern, dict):
         raise ValueError(
@@ -319,15 +312,11 @@ def _read_config(config_path):
             "mapping from module name patterns to n_frequency."
         )
     for key, value in (pattern or {}).items():
-        _check_count(value, config_path, f"n_frequency_pattern[{key!r}]")
+        try:
+            check_positive_integer(f"n_frequency_pattern[{key!r}]", value)
+        except ValueError as error:
+            raise ValueError(f"{config_path!r} has {error}.") from None
     return config
-
-
-def _check_count(value, config_path, field):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"{config_path!r} has {field}={value!r}, not a positive integer."
-        )
 
 
 # `n_frequency_pattern` keys come from the adapter folder and PEFT matches

@@ -1,13 +1,12 @@
 """Whole-model `.keras` files of adapted models."""
 
 import json
-import re
 import zipfile
 
 import keras
 
 from keras_fourierft.config import FourierFTConfig
-from keras_fourierft.surgery import enable_fourierft
+from keras_fourierft.surgery import enable_fourierft_on_paths
 from keras_fourierft.surgery import fourier_layers
 
 RECORD_NAME = "fourierft.json"
@@ -64,7 +63,11 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
     if build_config and not model.built:
         model.build_from_config(build_config)
     if records and not fourier_layers(model):
-        _enable(model, records, filepath)
+        enable_fourierft_on_paths(
+            model,
+            {record["path"]: record["config"] for record in records},
+            source=f"The adapters in {filepath!r}",
+        )
     model.load_weights(filepath)
     compile_config = config.get("compile_config")
     if compile and compile_config:
@@ -113,25 +116,3 @@ def _read_json(archive, name, filepath, limit):
         return json.loads(archive.read(name))
     except (ValueError, zipfile.BadZipFile, OSError) as error:
         raise ValueError(f"{filepath!r}: cannot read {name}: {error}") from None
-
-
-def _enable(model, records, filepath):
-    settings = {record["config"].replace(n_frequency=1) for record in records}
-    if len(settings) > 1:
-        raise ValueError(
-            f"The adapters in {filepath!r} use different scaling/seed/sampling "
-            "settings; rebuild the model, enable FourierFT yourself and call "
-            "`model.load_weights`."
-        )
-    (shared,) = settings
-    paths = {f"^{re.escape(r['path'])}$": r["config"].n_frequency for r in records}
-    values = shared.to_dict()
-    values.pop("n_frequency")
-    values["coefficient_initializer"] = "zeros"
-    enable_fourierft(
-        model,
-        n_frequency=records[0]["config"].n_frequency,
-        target_paths=list(paths),
-        n_frequency_pattern=paths,
-        **values,
-    )

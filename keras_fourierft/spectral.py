@@ -24,35 +24,20 @@ import numpy as np
 from keras import ops
 
 from keras_fourierft.config import SAMPLINGS
-
-_UINT32 = 2**32
+from keras_fourierft.config import check_positive_integer
+from keras_fourierft.config import check_seed
 
 
 def _validate_location_args(out_features, in_features, n_frequency, seed):
-    for name, value in (
-        ("out_features", out_features),
-        ("in_features", in_features),
-    ):
-        if not isinstance(value, (int, np.integer)) or value <= 0:
-            raise ValueError(
-                f"`{name}` must be a positive integer. Received: {name}={value!r}"
-            )
-    total = int(out_features) * int(in_features)
-    if not isinstance(n_frequency, (int, np.integer)) or n_frequency <= 0:
-        raise ValueError(
-            "`n_frequency` must be a positive integer (the number of trainable "
-            f"spectral coefficients). Received: n_frequency={n_frequency!r}"
-        )
-    if n_frequency > total:
+    total = check_positive_integer("out_features", out_features)
+    total *= check_positive_integer("in_features", in_features)
+    if check_positive_integer("n_frequency", n_frequency) > total:
         raise ValueError(
             f"`n_frequency`={n_frequency} is larger than the number of entries "
             f"of the {out_features}x{in_features} weight ({total}). Use at most "
             f"{total} frequencies for this layer."
         )
-    if not isinstance(seed, (int, np.integer)) or not 0 <= seed < _UINT32:
-        raise ValueError(
-            f"`seed` must be an integer in [0, 2**32). Received: seed={seed!r}"
-        )
+    check_seed(seed)
 
 
 def _mt19937_stream(seed, count):
@@ -473,7 +458,7 @@ def _scatter_inverse(real, imag, plan, prefix, size, factor):
     # number of segments, so it gets the unsorted one.
     is_sorted = keras.backend.backend() == "jax"
     real = ops.segment_sum(
-        ops.take(real, source, axis=0) * abs(sign), target, bins, sorted=is_sorted
+        ops.take(real, source, axis=0) * 0.5, target, bins, sorted=is_sorted
     )
     imag = ops.segment_sum(
         ops.take(imag, source, axis=0) * sign, target, bins, sorted=is_sorted
