@@ -146,6 +146,12 @@ class FourierFTConfig:
             raise ValueError(f"{source}: {error}") from None
 
 
+def _is_integer(value):
+    return isinstance(value, numbers.Integral) and not isinstance(
+        value, (bool, np.bool_)
+    )
+
+
 def check_integer(name, value):
     """Returns `value` as an int, or raises if it is not an integer.
 
@@ -158,7 +164,7 @@ def check_integer(name, value):
     Returns:
         An int.
     """
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+    if not _is_integer(value):
         raise ValueError(f"{name}={value!r}, not an integer")
     return int(value)
 
@@ -173,9 +179,7 @@ def check_positive_integer(name, value):
     Returns:
         An int.
     """
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name}={value!r}, not a positive integer")
-    if value < 1:
+    if not _is_integer(value) or value < 1:
         raise ValueError(f"{name}={value!r}, not a positive integer")
     return int(value)
 
@@ -190,9 +194,10 @@ def check_finite(name, value):
     Returns:
         A float.
     """
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name}={value!r}, not a finite number")
-    if not math.isfinite(value):
+    is_real = isinstance(value, numbers.Real) and not isinstance(
+        value, (bool, np.bool_)
+    )
+    if not is_real or not math.isfinite(value):
         raise ValueError(f"{name}={value!r}, not a finite number")
     return float(value)
 

@@ -465,21 +465,23 @@ class _FourierFTMixin:
         Args:
             values: Array-like of shape `(n_frequency,)`, finite.
         """
-        values = np.asarray(values, dtype="float32")
-        if values.shape != (self.n_frequency,):
-            raise ValueError(
-                f"Layer {self.name!r} expects a spectrum of shape "
-                f"({self.n_frequency},). Received shape {values.shape}."
-            )
-        if not np.all(np.isfinite(values)):
-            raise ValueError(
-                f"Layer {self.name!r}: the spectrum has NaN or Inf values."
-            )
+        values = self._checked_coefficients(values, "spectrum")
         was_merged = self.merged
         self.unmerge()
         self.coefficients.assign(values / self.lr_multiplier)
         if was_merged:
             self.merge()
+
+    def _checked_coefficients(self, values, what):
+        values = np.asarray(values, dtype="float32")
+        if values.shape != (self.n_frequency,):
+            raise ValueError(
+                f"Layer {self.name!r} expects the {what} to have shape "
+                f"({self.n_frequency},). Received shape {values.shape}."
+            )
+        if not np.all(np.isfinite(values)):
+            raise ValueError(f"Layer {self.name!r}: NaN or Inf values in the {what}.")
+        return values
 
     def adapter_config(self):
         """The settings that define this adapter's spectrum.
@@ -751,17 +753,9 @@ class _FourierFTMixin:
                 f"but the file has {keys}."
             )
         if keys == size + 1:
-            coefficients = np.asarray(store[str(size)])
-            if coefficients.shape != (self.n_frequency,):
-                raise ValueError(
-                    f"Layer {self.name!r} has {self.n_frequency} FourierFT "
-                    f"coefficients; the file stores {coefficients.shape}."
-                )
-            if not np.all(np.isfinite(coefficients)):
-                raise ValueError(
-                    f"Layer {self.name!r}: the stored FourierFT coefficients "
-                    "have NaN or Inf values."
-                )
+            coefficients = self._checked_coefficients(
+                store[str(size)], "stored FourierFT coefficients"
+            )
         was_merged = self.merged
         self.unmerge(force=True)
         super().load_own_variables(store)
