@@ -97,3 +97,44 @@ def token_inputs(batch, sequence_length):
         "padding_mask": np.ones(shape, "int32"),
     }
     return x, rng.integers(0, 2, (batch,)).astype("int32")
+
+
+LLAMA_TARGETS = (
+    "query",
+    "key",
+    "value",
+    "attention_output",
+    "feedforward_gate_dense",
+    "feedforward_intermediate_dense",
+    "feedforward_output_dense",
+)
+
+
+def llama_causal_lm(num_layers, hidden_dim, num_heads, intermediate_dim):
+    """A randomly initialised KerasHub Llama causal LM (small vocabulary)."""
+    import keras
+    import keras_hub
+
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.LlamaBackbone(
+        vocabulary_size=1000,
+        num_layers=num_layers,
+        num_query_heads=num_heads,
+        num_key_value_heads=num_heads,
+        hidden_dim=hidden_dim,
+        intermediate_dim=intermediate_dim,
+    )
+    return keras_hub.models.LlamaCausalLM(backbone=backbone, preprocessor=None)
+
+
+def llama_inputs(batch, sequence_length):
+    """Random Llama inputs and next-token labels."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(1, 1000, (batch, sequence_length + 1)).astype("int32")
+    x = {
+        "token_ids": tokens[:, :-1],
+        "padding_mask": np.ones((batch, sequence_length), "int32"),
+    }
+    return x, tokens[:, 1:]

@@ -1,7 +1,10 @@
 """Training-step benchmark: frozen, Keras LoRA, FourierFT, full fine-tuning.
 
 A KerasHub BERT backbone (random weights; default MiniLM-L6 shapes: 6 layers x
-384, 12 heads, batch 32 x 64 tokens) with a 2-class head. For each method one
+384, 12 heads, batch 32 x 64 tokens) with a 2-class head, adapted on query and
+value; or (`--shapes llama`) a Llama-style KerasHub causal LM (random weights,
+hidden 2048, 16 heads, MLP 5504, 2 layers, 1 x 256 tokens) with every linear
+projection adapted, on a float or (`--quantize int8`) an int8 base. For each method one
 compiled training step (`train_on_batch`) is timed; methods run interleaved,
 warm-up steps excluded, and the median of repeats is reported. Peak memory is
 measured per method in a separate process (RSS on CPU, device peak on GPU).
@@ -13,6 +16,7 @@ Usage:
     python benchmarks/train_step.py --backend tensorflow
     python benchmarks/train_step.py --backend jax --quick
     python benchmarks/train_step.py --shapes bert-base
+    python benchmarks/train_step.py --backend jax --shapes llama --quantize int8
 """
 
 import argparse
@@ -31,7 +35,15 @@ PEFT_METHODS = ("peft_lora", "peft_fourierft")
 SHAPES = {
     "minilm": {"num_layers": 6, "hidden_dim": 384, "num_heads": 12, "batch": 32},
     "bert-base": {"num_layers": 12, "hidden_dim": 768, "num_heads": 12, "batch": 32},
+    "llama": {
+        "num_layers": 2,
+        "hidden_dim": 2048,
+        "num_heads": 16,
+        "intermediate_dim": 5504,
+        "batch": 1,
+    },
 }
+SEQUENCE_LENGTHS = {"minilm": 64, "bert-base": 128, "llama": 256}
 
 
 def parse_args(argv=None):
@@ -60,6 +72,11 @@ def parse_args(argv=None):
         help="torch backend: also time HF PEFT LoRA and FourierFT (needs "
         "transformers and peft) in the same interleaved run.",
     )
+    parser.add_argument(
+        "--quantize",
+        choices=["int8", "int4", "float8"],
+        help="quantize the base model before adapting (not with full)",
+    )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument(
@@ -75,16 +92,48 @@ def parse_args(argv=None):
         args.repeats, args.steps, args.warmup = 3, 2, 2
     shape = SHAPES[args.shapes]
     args.batch = args.batch or shape["batch"]
-    args.sequence_length = args.sequence_length or (
-        128 if args.shapes == "bert-base" else 64
-    )
+    args.sequence_length = args.sequence_length or SEQUENCE_LENGTHS[args.shapes]
+    if args.quantize:
+        args.methods = [method for method in args.methods if method != "full"]
+    if args.shapes == "llama":
+        # A causal LM has no weights outside its backbone: frozen, nothing
+        # would train (and no backward pass would run).
+        args.methods = [method for method in args.methods if method != "frozen"]
     return args
 
 
 def inputs(args):
+    from common import llama_inputs
     from common import token_inputs
 
+    if args.shapes == "llama":
+        return llama_inputs(args.batch, args.sequence_length)
     return token_inputs(args.batch, args.sequence_length)
+
+
+def base_model(args):
+    """The model to adapt and its target layer names."""
+    from common import LLAMA_TARGETS
+    from common import llama_causal_lm
+    from common import minilm_classifier
+
+    shape = SHAPES[args.shapes]
+    if args.shapes == "llama":
+        model = llama_causal_lm(
+            shape["num_layers"],
+            shape["hidden_dim"],
+            shape["num_heads"],
+            shape["intermediate_dim"],
+        )
+        targets = list(LLAMA_TARGETS)
+    else:
+        model = minilm_classifier(
+            shape["num_layers"], shape["hidden_dim"], shape["num_heads"], args.dropout
+        )
+        targets = ["query", "value"]
+    if args.quantize:
+        model.quantize(args.quantize)
+    return model, targets
 
 
 def build(method, args):
@@ -93,22 +142,18 @@ def build(method, args):
         return build_peft(method, args)
     import keras
     import numpy as np
-    from common import minilm_classifier
 
     import keras_fourierft
 
-    shape = SHAPES[args.shapes]
-    model = minilm_classifier(
-        shape["num_layers"], shape["hidden_dim"], shape["num_heads"], args.dropout
-    )
+    model, targets = base_model(args)
     backbone = model.backbone
     if method == "frozen":
         backbone.trainable = False
     elif method == "lora":
-        backbone.enable_lora(args.lora_rank, target_layer_names=["query", "value"])
+        backbone.enable_lora(args.lora_rank, target_layer_names=targets)
     elif method == "fourierft":
         keras_fourierft.enable_fourierft(
-            model, n_frequency=args.n_frequency, target_layer_names=["query", "value"]
+            model, n_frequency=args.n_frequency, target_layer_names=targets
         )
     model.compile(
         optimizer=keras.optimizers.Adam(1e-4),
@@ -211,6 +256,8 @@ def peak_memory_mb(method, args):
         "--lora-rank",
         str(args.lora_rank),
     ]
+    if args.quantize:
+        command += ["--quantize", args.quantize]
     env = dict(os.environ, KERAS_BACKEND=args.backend)
     output = subprocess.run(
         command, env=env, capture_output=True, text=True, check=True
@@ -323,6 +370,7 @@ def main(argv=None):
         "benchmark": "train_step",
         "backend": args.backend,
         "shapes": args.shapes,
+        "quantize": args.quantize,
         "batch": args.batch,
         "sequence_length": args.sequence_length,
         "dropout": args.dropout,
