@@ -16,11 +16,15 @@ median of repeats:
 
 Prints one JSON object with, per shape, the medians and the ratios
 `fourierft_over_lora`, `fourierft_over_frozen`, `auto_over_best_path` and,
-with PEFT, `fourierft_over_peft_fourierft`.
+with PEFT, `fourierft_over_peft_fourierft`. On JAX each Keras method also
+reports the memory of its compiled step (`memory_mb`: XLA's temporary
+buffers, and the step's outputs, the gradients), exact and free of timing
+noise, and `fourierft_temp_over_lora`.
 
 Usage:
     python benchmarks/adapter_layer.py --backend torch --with-peft
     python benchmarks/adapter_layer.py --backend jax --quick
+    python benchmarks/adapter_layer.py --backend jax --quantize int8
 """
 
 import sys
@@ -59,13 +63,15 @@ COMPUTE = {
 }
 
 
-def keras_layer(method, shape, n_frequency, rank):
+def keras_layer(method, shape, n_frequency, rank, quantize=None):
     kind, dim, output, _, _ = shape
     if kind == "dense":
         layer = keras.layers.Dense(output[0])
     else:
         layer = keras.layers.EinsumDense("btd,ndh->btnh", (None,) + output)
     layer.build((None, None, dim))
+    if quantize:
+        layer.quantize(quantize)
     if method == "lora":
         layer.enable_lora(rank)
     elif method in COMPUTE:
@@ -96,19 +102,37 @@ def keras_step(layer, x, weight):
     if backend == "jax":
         import jax
 
-        trainable = [v.value for v in layer.trainable_variables]
-        frozen = [v.value for v in layer.non_trainable_variables]
-
-        # Everything is an argument: closed-over arrays would be folded into
-        # constants at compile time.
-        def loss(trainable, x, frozen, weight):
-            y, _ = layer.stateless_call(trainable, frozen, x)
-            return (y * weight).sum()
-
-        grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
-        x, weight = jax.numpy.asarray(x), jax.numpy.asarray(weight)
-        return lambda: jax.block_until_ready(grad(trainable, x, frozen, weight))
+        grad, arguments = jax_gradient(layer, x, weight)
+        return lambda: jax.block_until_ready(grad(*arguments))
     return torch_step(layer, x, weight)
+
+
+def jax_gradient(layer, x, weight):
+    """The jitted gradient function of the step and its arguments (JAX)."""
+    import jax
+
+    trainable = [v.value for v in layer.trainable_variables]
+    frozen = [v.value for v in layer.non_trainable_variables]
+
+    # Everything is an argument: closed-over arrays would be folded into
+    # constants at compile time.
+    def loss(trainable, x, frozen, weight):
+        y, _ = layer.stateless_call(trainable, frozen, x)
+        return (y * weight).sum()
+
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    arguments = (trainable, jax.numpy.asarray(x), frozen, jax.numpy.asarray(weight))
+    return grad, arguments
+
+
+def jax_memory_mb(layer, x, weight):
+    """Memory of the compiled step as XLA plans it: temporaries and outputs."""
+    grad, arguments = jax_gradient(layer, x, weight)
+    analysis = grad.lower(*arguments).compile().memory_analysis()
+    return {
+        "temp": analysis.temp_size_in_bytes / 2**20,
+        "output": analysis.output_size_in_bytes / 2**20,
+    }
 
 
 def torch_step(module, x, weight):
@@ -168,14 +192,18 @@ def shape_case(name, args):
     methods = ["frozen", "lora"] + list(COMPUTE)
     if args.with_peft and kind == "dense":
         methods += ["peft_lora", "peft_fourierft"]
-    steps = {}
+    steps, memory = {}, {}
     for method in methods:
         if method.startswith("peft"):
             layer = peft_layer(method, dim, output[0], args.n_frequency, args.lora_rank)
             steps[method] = torch_step(layer, x, weight)
         else:
-            layer = keras_layer(method, shape, args.n_frequency, args.lora_rank)
+            layer = keras_layer(
+                method, shape, args.n_frequency, args.lora_rank, args.quantize
+            )
             steps[method] = keras_step(layer, x, weight)
+            if keras.backend.backend() == "jax":
+                memory[method] = jax_memory_mb(layer, x, weight)
     for step in steps.values():
         for _ in range(args.warmup):
             step()
@@ -201,6 +229,11 @@ def shape_case(name, args):
     result["dense_over_lora"] = times["fourierft_dense"] / times["lora"]
     result["activation_over_lora"] = times["fourierft_activation"] / times["lora"]
     result["auto_over_best_path"] = times["fourierft"] / best
+    if memory:
+        result["memory_mb"] = memory
+        result["fourierft_temp_over_lora"] = (
+            memory["fourierft"]["temp"] / memory["lora"]["temp"]
+        )
     if "peft_fourierft" in times:
         result["fourierft_over_peft_fourierft"] = (
             times["fourierft"] / times["peft_fourierft"]
@@ -218,17 +251,23 @@ def main():
     parser.add_argument("--n-frequency", type=int, default=1000)
     parser.add_argument("--lora-rank", type=int, default=8)
     parser.add_argument("--with-peft", action="store_true")
+    parser.add_argument(
+        "--quantize",
+        choices=["int8", "int4", "float8"],
+        help="quantize the base layer first (Keras layers only)",
+    )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--output")
     args = parser.parse_args()
     if args.with_peft and keras.backend.backend() != "torch":
         parser.error("--with-peft needs --backend torch")
+    if args.with_peft and args.quantize:
+        parser.error("--quantize applies to Keras layers only, not with --with-peft")
     args.shapes = args.shapes or DEFAULT_SHAPES
     args.repeats, args.number, args.warmup = (5, 1, 1) if args.quick else (11, 2, 2)
     cases = [shape_case(name, args) for name in args.shapes]
-    report(
-        "adapter_layer", {"n_frequency": args.n_frequency, "cases": cases}, args.output
-    )
+    settings = {"n_frequency": args.n_frequency, "quantize": args.quantize}
+    report("adapter_layer", {**settings, "cases": cases}, args.output)
 
 
 if __name__ == "__main__":

@@ -161,26 +161,40 @@ def test_bert_query_view_is_transposed_linear_weight():
     assert linear_weight.shape == (12, 16)
 
 
-def test_gradient_matches_finite_differences():
-    layer = adapt_layer(_dense(6, 5), n_frequency=8, scaling=10.0, lr_multiplier=1.0)
-    x = np.random.default_rng(3).normal(size=(4, 5)).astype("float32")
+def _finite_difference(loss, variable, eps=1e-2):
+    """Central differences of `loss()` with respect to every entry of a variable."""
+    start = ops.convert_to_numpy(variable).astype(np.float64)
+    numeric = np.zeros_like(start)
+    for index in np.ndindex(start.shape):
+        for sign in (1, -1):
+            shifted = start.copy()
+            shifted[index] += sign * eps
+            variable.assign(shifted.astype("float32"))
+            numeric[index] += sign * float(ops.convert_to_numpy(loss())) / (2 * eps)
+    variable.assign(start.astype("float32"))
+    return numeric
+
+
+@pytest.mark.parametrize("compute", COMPUTE)
+def test_gradient_matches_finite_differences(compute):
+    layer = adapt_layer(
+        _dense(6, 5),
+        n_frequency=8,
+        scaling=10.0,
+        lr_multiplier=1.0,
+        compute=compute,
+    )
+    rng = np.random.default_rng(3)
+    x = keras.Variable(rng.normal(size=(4, 5)).astype("float32"))
 
     def loss():
         return ops.sum(ops.tanh(layer(x)) ** 2)
 
-    grad = gradient(loss, layer.coefficients)
-    start = ops.convert_to_numpy(layer.coefficients).astype(np.float64)
-    eps = 1e-2
-    numeric = np.zeros_like(start)
-    for i in range(len(start)):
-        for sign in (1, -1):
-            shifted = start.copy()
-            shifted[i] += sign * eps
-            layer.coefficients.assign(shifted.astype("float32"))
-            numeric[i] += sign * float(ops.convert_to_numpy(loss())) / (2 * eps)
-    layer.coefficients.assign(start.astype("float32"))
-    np.testing.assert_allclose(grad, numeric, rtol=2e-2, atol=2e-3)
-    assert np.abs(grad).max() > 1e-3
+    for variable in (layer.coefficients, x):
+        grad = gradient(loss, variable)
+        numeric = _finite_difference(loss, variable)
+        np.testing.assert_allclose(grad, numeric, rtol=2e-2, atol=2e-3)
+        assert np.abs(grad).max() > 1e-3
 
 
 def test_lr_multiplier_keeps_function_and_scales_storage():
