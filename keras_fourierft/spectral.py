@@ -524,14 +524,16 @@ def ops_spectral_matmul(inputs, spectrum, plan, shape, scaling):
 # Costs of the two ways to apply the update, in units of one multiply-add of
 # the weight-gradient matmul, fitted to `benchmarks/adapter_layer.py` (JAX;
 # on a 2-core CPU and on an H200 GPU: 384x384 to 4096x11008, 512 to 4,096
-# tokens; see benchmarks/RESULTS.md). `dense` pays the weight gradient
+# tokens, `benchmarks/results/adapter_layer_jax_*.json`; see
+# benchmarks/RESULTS.md and tests/test_spectral.py, which checks the choice
+# against those measurements). `dense` pays the weight gradient
 # `x^T g` (tokens * d1 * d2) plus 2-D FFTs of the weight; `activation` pays
 # per token an FFT of each row (forward and backward) and the gather/scatter
 # of the n coefficients. On a GPU matmuls are so much faster than gathers
 # and scatters that the dense path wins at large token counts.
 _COSTS = {
     "cpu": {"fft": 95.0, "coefficient": 570.0, "weight_fft": 46.0},
-    "gpu": {"fft": 50.0, "coefficient": 45_000.0, "weight_fft": 100.0},
+    "gpu": {"fft": 100.0, "coefficient": 45_000.0, "weight_fft": 300.0},
 }
 # Tokens assumed when a call's batch size is unknown at trace time
 # (TensorFlow's `fit` traces with a dynamic batch): a typical sequence.
@@ -564,7 +566,9 @@ def device_kind(backend=None):
     return "cpu"
 
 
-def choose_compute(tokens, in_features, out_features, n_frequency, backend=None):
+def choose_compute(
+    tokens, in_features, out_features, n_frequency, backend=None, device=None
+):
     """Picks `"dense"` or `"activation"` for a layer call from static shapes.
 
     Args:
@@ -576,6 +580,8 @@ def choose_compute(tokens, in_features, out_features, n_frequency, backend=None)
         n_frequency: Integer `n`.
         backend: Backend name, default the current one (its device, CPU or
             GPU, selects the cost constants).
+        device: `"cpu"` or `"gpu"` to select the cost constants directly,
+            default the backend's device.
 
     Returns:
         `"dense"` or `"activation"`.
@@ -585,7 +591,10 @@ def choose_compute(tokens, in_features, out_features, n_frequency, backend=None)
     >>> choose_compute(512, 4096, 4096, 1000)
     'activation'
     """
-    costs = _COSTS[device_kind(backend)]
+    device = device or device_kind(backend)
+    if device not in _COSTS:
+        raise ValueError(f"device={device!r}, expected one of {sorted(_COSTS)}.")
+    costs = _COSTS[device]
     d1, d2, n = int(in_features), int(out_features), int(n_frequency)
     per_token_dense = d1 * d2
     per_token_activation = (

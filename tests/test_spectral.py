@@ -12,6 +12,7 @@ from keras import ops
 
 from keras_fourierft import frequency_locations
 from keras_fourierft import spectral_delta
+from keras_fourierft.spectral import choose_compute
 from keras_fourierft.spectral import delta_from_plan
 from keras_fourierft.spectral import kernel_indices
 from keras_fourierft.spectral import ops_delta_from_plan
@@ -278,3 +279,32 @@ def test_delta_values_at_edge_and_nyquist_locations(
     np.testing.assert_allclose(
         ops.convert_to_numpy(delta), expected, rtol=0, atol=1e-5 * scaling
     )
+
+
+MEASURED = pathlib.Path(__file__).parent.parent / "benchmarks" / "results"
+
+
+@pytest.mark.parametrize(
+    "results, device",
+    [("adapter_layer_jax_cpu_llm.json", "cpu"), ("adapter_layer_jax_h200.json", "gpu")],
+)
+def test_choose_compute_picks_the_measured_faster_path(results, device):
+    cases = json.loads((MEASURED / results).read_text())["cases"]
+    assert len(cases) >= 3
+    for case in cases:
+        times = case["median_ms"]
+        dense, activation = times["fourierft_dense"], times["fourierft_activation"]
+        faster = "dense" if dense < activation else "activation"
+        picked = choose_compute(
+            case["tokens"],
+            case["in_features"],
+            case["out_features"],
+            1000,
+            device=device,
+        )
+        assert picked == faster, (case["shape"], dense, activation)
+
+
+def test_choose_compute_rejects_an_unknown_device():
+    with pytest.raises(ValueError, match="device='tpu'"):
+        choose_compute(512, 64, 64, 10, device="tpu")
