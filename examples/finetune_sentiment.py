@@ -37,9 +37,24 @@ full run's results):
 Full fine-tuning's trained backbone (88,969 KB a seed) is written only to measure
 its size and then deleted, unless `--keep-full-weights`.
 
+Several devices: `--devices N` trains every run data-parallel over N devices
+with Keras's own engines, `tf.distribute.MirroredStrategy` on TensorFlow and
+`keras.distribution.DataParallel` on JAX. It uses N GPUs (or TPUs on JAX)
+when there are that many, and on a machine without any it splits the CPU
+into N virtual devices itself (TensorFlow logical devices; on JAX the script
+adds `--xla_force_host_platform_device_count=N` to `XLA_FLAGS` before JAX
+starts). The global batch stays `--batch-size`, split across the devices,
+so the results compare with one device's (docs/distributed.md says how
+closely). JAX shards each batch evenly, so there the batch size must be a
+multiple of N, and each split is padded to a multiple of N with copies
+weighted 0 (the loss averages over the weighted examples only, so every step
+equals the one-device step). TensorFlow splits an epoch's last, partial batch
+unevenly when it must, and each device's mean counts the same in that step.
+
 Usage:
     python examples/finetune_sentiment.py            # 3 seeds x 4 methods
     python examples/finetune_sentiment.py --quick    # smoke test
+    python examples/finetune_sentiment.py --quick --devices 2  # 2 devices
     python examples/finetune_sentiment.py --predict "lovely" "dreadful"
     python examples/finetune_sentiment.py --export-peft peft_adapter/
     python examples/finetune_sentiment.py --publish \\
@@ -49,6 +64,7 @@ Usage:
 import argparse
 import contextlib
 import datetime
+import functools
 import importlib.util
 import json
 import os
@@ -62,6 +78,40 @@ import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _keras_backend_before_import():
+    """The backend Keras will load: $KERAS_BACKEND, else keras.json's."""
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
+    try:
+        with open(os.path.join(home, "keras.json")) as file:
+            return json.load(file).get("backend", "tensorflow")
+    except (OSError, ValueError):
+        return "tensorflow"
+
+
+def _request_jax_host_devices(argv):
+    """On JAX, `--devices N` on a CPU needs N host devices, which XLA creates
+    only if `XLA_FLAGS` asks for them before JAX starts (the flag concerns
+    the CPU platform only; GPUs and TPUs are used as they are)."""
+    peek = argparse.ArgumentParser(add_help=False)
+    peek.add_argument("--devices", type=int, default=1)
+    devices = peek.parse_known_args(argv)[0].devices
+    flags = os.environ.get("XLA_FLAGS", "")
+    if (
+        devices > 1
+        and _keras_backend_before_import() == "jax"
+        and "xla_force_host_platform_device_count" not in flags
+    ):
+        os.environ["XLA_FLAGS"] = (
+            f"{flags} --xla_force_host_platform_device_count={devices}".strip()
+        )
+
+
+if __name__ == "__main__":
+    _request_jax_host_devices(sys.argv[1:])
 
 # TensorFlow's C++ libraries log a few lines (oneDNN, CUDA drivers) from
 # static initializers while they load, before absl logging is initialised and
@@ -139,7 +189,21 @@ def parse_args(argv=None):
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=32,
+        help="The global batch size, split across --devices (default 32).",
+    )
+    parser.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        metavar="N",
+        help="Train data-parallel on N devices: MirroredStrategy on "
+        "TensorFlow, DataParallel on JAX; N GPUs if there are, else N "
+        "virtual CPU devices (default 1: no distribution).",
+    )
     parser.add_argument("--n-frequency", type=int, default=1000)
     parser.add_argument("--scaling", type=float, default=150.0)
     parser.add_argument("--lora-rank", type=int, default=8)
@@ -194,6 +258,8 @@ def parse_args(argv=None):
     unknown = set(args.methods) - set(METHODS)
     if unknown:
         parser.error(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
+    if args.devices < 1:
+        parser.error("--devices must be at least 1")
     if args.output_dir is None:
         reads_full_run = args.predict is not None or args.publish is not None
         quick_folder = args.quick and not reads_full_run
@@ -293,13 +359,138 @@ def prepare(method, model, args):
     return summary.coefficient_params
 
 
+# Several devices.
+
+
+class Distribution:
+    """How runs use `--devices` devices.
+
+    Attributes:
+        description: Text for the log and `results.json`.
+        scope: A function returning the context in which a run builds,
+            compiles, trains and tests its model.
+        multiple: Every batch's size must be a multiple of this (JAX shards
+            a batch evenly over its devices; 1 elsewhere).
+    """
+
+    def __init__(self, description, scope=contextlib.nullcontext, multiple=1):
+        self.description = description
+        self.scope = scope
+        self.multiple = multiple
+
+
+@functools.cache
+def distribution(devices, batch_size):
+    """Sets up `devices` devices for training, once per process.
+
+    On TensorFlow this has to happen before TensorFlow initializes (before
+    anything runs a TensorFlow op), when it can still split the CPU.
+    """
+    if devices == 1:
+        return Distribution("one device (no distribution)")
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        return _mirrored_strategy(devices)
+    if backend == "jax":
+        return _data_parallel(devices, batch_size)
+    raise SystemExit(
+        f"--devices {devices} needs the tensorflow or jax backend (Keras has no "
+        f"multi-device training on {backend}); run with KERAS_BACKEND=tensorflow "
+        "or jax."
+    )
+
+
+def _mirrored_strategy(devices):
+    import tensorflow as tf
+
+    kind = "GPU"
+    if not tf.config.list_physical_devices("GPU"):
+        kind = "virtual CPU"
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        try:
+            tf.config.set_logical_device_configuration(
+                cpu, [tf.config.LogicalDeviceConfiguration()] * devices
+            )
+        except RuntimeError:
+            pass  # TensorFlow has started; the devices it has must do.
+    found = tf.config.list_logical_devices("GPU" if kind == "GPU" else "CPU")
+    if len(found) < devices:
+        raise SystemExit(
+            f"--devices {devices}: TensorFlow has {len(found)} {kind} device(s) "
+            f"({', '.join(d.name for d in found)}). Use at most that many, or "
+            "start a fresh process (virtual CPU devices must be made before "
+            "TensorFlow initializes)."
+        )
+    names = [device.name for device in found[:devices]]
+    strategy = tf.distribute.MirroredStrategy(names)
+    return Distribution(
+        f"tf.distribute.MirroredStrategy over {devices} {kind} devices",
+        strategy.scope,
+    )
+
+
+def _data_parallel(devices, batch_size):
+    found = keras.distribution.list_devices()
+    if len(found) < devices:
+        raise SystemExit(
+            f"--devices {devices}: JAX sees {len(found)} device(s) "
+            f"({', '.join(found)}). On a CPU, start with XLA_FLAGS="
+            f"--xla_force_host_platform_device_count={devices} (this script "
+            "sets it when run directly and the backend is known to be jax)."
+        )
+    if batch_size % devices:
+        raise SystemExit(
+            f"--devices {devices} on JAX shards each batch evenly: use a "
+            f"--batch-size that is a multiple of {devices} (not {batch_size})."
+        )
+    data_parallel = keras.distribution.DataParallel(devices=found[:devices])
+    kind = found[0].split(":")[0].upper()
+    return Distribution(
+        f"keras.distribution.DataParallel over {devices} {kind} devices",
+        data_parallel.scope,
+        multiple=devices,
+    )
+
+
+def fit_arrays(part, multiple):
+    """A split's arrays as `fit`/`evaluate` keywords: `x`, `y` and, when
+    batches must be multiples of `multiple`, `sample_weight`, the split
+    padded to a multiple of it with copies of its first example weighted 0."""
+    features, labels = part
+    extra = -len(labels) % multiple
+    if not extra:
+        return {"x": features, "y": labels}
+    index = np.concatenate([np.arange(len(labels)), np.zeros(extra, dtype=int)])
+    return {
+        "x": {name: value[index] for name, value in features.items()},
+        "y": labels[index],
+        "sample_weight": (np.arange(len(index)) < len(labels)).astype("float32"),
+    }
+
+
 def run(method, seed, tokens, args, run_dir):
     """Trains one method with one seed; returns its result record."""
+    setup = distribution(args.devices, args.batch_size)
+    with setup.scope():
+        return train_and_test(method, seed, tokens, args, run_dir, setup.multiple)
+
+
+def train_and_test(method, seed, tokens, args, run_dir, multiple):
+    train, validation, test = (
+        fit_arrays(tokens[name], multiple) for name in ("train", "validation", "test")
+    )
+    weighted = "sample_weight" in train or "sample_weight" in validation
     model = build_classifier(seed)
     adapter_params = prepare(method, model, args)
     model.compile(
         optimizer=keras.optimizers.Adam(LEARNING_RATES[method]),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        # With padding examples weighted 0, a batch's loss is the mean over
+        # its real examples, as without them ("sum_over_batch_size" would
+        # divide by the padded size).
+        loss=keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True,
+            reduction="mean_with_sample_weight" if weighted else "sum_over_batch_size",
+        ),
         metrics=["accuracy"],
     )
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -319,8 +510,8 @@ def run(method, seed, tokens, args, run_dir):
         )
     start = time.perf_counter()
     history = model.fit(
-        *tokens["train"],
-        validation_data=tokens["validation"],
+        **train,
+        validation_data=tuple(validation.values()),
         epochs=args.epochs,
         batch_size=args.batch_size,
         callbacks=callbacks,
@@ -332,7 +523,14 @@ def run(method, seed, tokens, args, run_dir):
     )
     epochs_run = len(history.history["loss"])
     seconds = (time.perf_counter() - start) / epochs_run
-    test = model.evaluate(*tokens["test"], verbose=0, return_dict=True)
+    test = model.evaluate(
+        **test,
+        # Keras's default (32), or on JAX the batch size whose multiple the
+        # padding made.
+        batch_size=args.batch_size if multiple > 1 else None,
+        verbose=0,
+        return_dict=True,
+    )
     return {
         "method": method,
         "seed": seed,
@@ -386,6 +584,8 @@ def run_settings(method, seed, args, sizes):
         "batch_size": args.batch_size,
         "learning_rate": LEARNING_RATES[method],
     }
+    if args.devices > 1:
+        settings["devices"] = args.devices
     if method == "lora":
         settings["lora_rank"] = args.lora_rank
     if method == "fourierft":
@@ -473,7 +673,7 @@ def check_output_folder(output, args):
             )
 
 
-def environment():
+def environment(devices="one device (no distribution)"):
     """Where and with what a run happened, recorded with its results."""
     versions = {"python": platform.python_version()}
     for name in ("keras", "keras_hub", "tensorflow", "jax", "torch"):
@@ -487,6 +687,7 @@ def environment():
         "cpus": os.cpu_count(),
         "gpus": len(keras_gpus()),
         "backend": keras.backend.backend(),
+        "devices": devices,
         "platform": platform.platform(),
         "versions": versions,
     }
@@ -527,6 +728,10 @@ def main(argv=None):
     if args.export_peft and "fourierft" not in args.methods:
         raise SystemExit("--export-peft needs the fourierft method in --methods")
     check_output_folder(output, args)
+    # Before anything runs a TensorFlow op (tokenizing does).
+    setup = distribution(args.devices, args.batch_size)
+    if args.devices > 1:
+        print(f"Training on {setup.description}")
     output.mkdir(parents=True, exist_ok=True)
     tokens = tokenize(split(*load_lexicon(), quick=args.quick))
     sizes = {name: len(labels) for name, (_, labels) in tokens.items()}
@@ -538,7 +743,11 @@ def main(argv=None):
         for (m, s), st in zip(plan, settings, strict=True)
     ]
     pending = [m for (m, _), result in zip(plan, saved, strict=True) if not result]
-    info = {"environment": environment(), "splits": sizes, "started": time.time()}
+    info = {
+        "environment": environment(setup.description),
+        "splits": sizes,
+        "started": time.time(),
+    }
     start = time.perf_counter()
     measured, results = {}, []
     for k, ((method, seed), setting, result) in enumerate(

@@ -22,6 +22,7 @@ from keras import ops
 
 from keras_fourierft import keras_internals
 from keras_fourierft import spectral
+from keras_fourierft import strategy
 from keras_fourierft.config import SPECTRUM_FIELDS
 from keras_fourierft.config import FourierFTConfig
 
@@ -243,6 +244,7 @@ def check_adaptable(layer, config=None):
         )
     if config is not None:
         _check_size(layer, config, float_kernel_shape(layer))
+    strategy.check_strategy(layer)
 
 
 def adapt_layer(layer, config=None, **settings):
@@ -253,6 +255,11 @@ def adapt_layer(layer, config=None, **settings):
     every model and container that holds it are unchanged. Its kernel and
     bias are frozen and a trainable `coefficients` variable is added. Works
     on float and on `int8`/`int4`/`float8`-quantized layers.
+
+    Under `tf.distribute` the coefficients are created under the strategy
+    that owns the layer's kernel (also when called outside its scope); inside
+    the scope of a strategy that does not own the kernel this raises a
+    `ValueError` and changes nothing.
 
     Args:
         layer: A built `keras.layers.Dense` or `keras.layers.EinsumDense`.
@@ -277,7 +284,7 @@ def adapt_layer(layer, config=None, **settings):
     elif settings:
         raise ValueError("Pass either `config` or settings, not both.")
     check_adaptable(layer, config)
-    with keras_internals.unlocked_tracker(layer):
+    with strategy.variable_scope(layer), keras_internals.unlocked_tracker(layer):
         keras_internals.set_layer_class(layer, _ADAPTED_CLASS[type(layer)])
         layer._init_fourierft(config)
         layer._build_fourierft()

@@ -175,6 +175,12 @@ def enable_fourierft(
     Quantized bases: `model.quantize("int8")` (or `"int4"`, `"float8"`)
     before or after enabling; only the coefficients train.
 
+    Several devices: on TensorFlow, enable inside the `strategy.scope()`
+    the model was built in (or outside any scope: the coefficients join
+    the strategy that owns the kernels); enabling inside the scope of a
+    strategy that does not own the model raises before anything changes.
+    See `docs/distributed.md`.
+
     Args:
         model: A built Keras model (Sequential, Functional, subclassed or
             KerasHub backbone/task).

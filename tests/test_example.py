@@ -296,3 +296,84 @@ def test_predict_without_training_explains(tmp_path):
     )
     assert result.returncode != 0
     assert "Train first" in result.stderr
+
+
+# A child process runs the example's `main` on 2 devices with the --quick
+# splits cut to a few batches (the last one partial), to stay short.
+TWO_DEVICE_RUN = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("finetune_sentiment", sys.argv[1])
+example = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(example)
+full_split = example.split
+sizes = {"train": 70, "validation": 40, "test": 40}
+
+def split(words, labels, quick):
+    parts = full_split(words, labels, quick)
+    return {
+        name: (words[: sizes[name]], labels[: sizes[name]])
+        for name, (words, labels) in parts.items()
+    }
+
+example.split = split
+example.main(sys.argv[2:])
+"""
+
+
+@pytest.mark.tensorflow_only
+def test_two_devices_train_with_mirrored_strategy(tmp_path):
+    output = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-c", TWO_DEVICE_RUN, str(EXAMPLE), "--quick"]
+        + ["--methods", "fourierft", "--devices", "2", "--output-dir", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_env(),
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    described = "tf.distribute.MirroredStrategy over 2 virtual CPU devices"
+    assert f"Training on {described}" in result.stdout
+    results = json.loads((output / "results.json").read_text())
+    assert results["complete"] is True
+    assert results["environment"]["devices"] == described
+    assert results["splits"] == {"train": 70, "validation": 40, "test": 40}
+    (run,) = results["runs"]
+    assert run["method"] == "fourierft" and 0.0 <= run["test_accuracy"] <= 1.0
+    saved = json.loads((output / "fourierft_seed0" / "result.json").read_text())
+    assert saved["settings"]["devices"] == 2
+    # The coefficients start at zero: trained ones are not, and finite.
+    adapter = output / "fourierft_seed0" / "fourierft_coefficients.weights.h5"
+    layers = keras_fourierft.adapters.read_adapter_file(adapter)["layers"]
+    assert len(layers) == 12
+    spectra = np.concatenate([layer["spectrum"] for layer in layers])
+    assert np.isfinite(spectra).all() and np.abs(spectra).max() > 1e-4
+    assert (output / "fourierft_seed0" / "fourierft_best.weights.h5").is_file()
+    assert (output / "accuracy_vs_parameters.png").is_file()
+
+
+def test_padding_for_even_shards(example):
+    features = {"token_ids": np.arange(10).reshape(5, 2)}
+    labels = np.array([0, 1, 1, 0, 1])
+    assert example.fit_arrays((features, labels), 1) == {"x": features, "y": labels}
+    padded = example.fit_arrays((features, labels), 4)
+    np.testing.assert_array_equal(padded["y"], [0, 1, 1, 0, 1, 0, 0, 0])
+    np.testing.assert_array_equal(padded["x"]["token_ids"][5:], [[0, 1]] * 3)
+    np.testing.assert_array_equal(padded["sample_weight"], [1] * 5 + [0] * 3)
+
+
+def test_jax_host_devices_are_requested_before_jax_starts(example, monkeypatch):
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+    example._request_jax_host_devices(["--quick", "--devices", "3"])
+    assert os.environ["XLA_FLAGS"] == (
+        "--xla_cpu_enable_fast_math=false --xla_force_host_platform_device_count=3"
+    )
+    for backend, argv in [("jax", ["--devices", "1"]), ("tensorflow", ["--devices=3"])]:
+        monkeypatch.setenv("KERAS_BACKEND", backend)
+        monkeypatch.delenv("XLA_FLAGS", raising=False)
+        example._request_jax_host_devices(argv)
+        assert "XLA_FLAGS" not in os.environ
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    example._request_jax_host_devices(["--devices=2"])
+    assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2"
