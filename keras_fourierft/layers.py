@@ -521,8 +521,10 @@ class _FourierFTMixin:
             self.scaling,
         )
 
-    def _adapter_active(self):
-        return self._enabled and not self.merged
+    def _adapter_active(self, inputs):
+        # An empty input gets no update: torch's FFT refuses empty tensors,
+        # and so does TensorFlow's `ops.add` with two empty `(0, units)` ones.
+        return self._enabled and not self.merged and 0 not in tuple(inputs.shape)
 
     def _compute_mode(self, inputs):
         if self.compute != "auto":
@@ -559,7 +561,7 @@ class _FourierFTMixin:
         return x
 
     def call(self, inputs, training=None):
-        if not self._adapter_active():
+        if not self._adapter_active(inputs):
             return super().call(inputs, training=training)
         if self._compute_mode(inputs) == "dense":
             kernel = ops.add(ops.cast(self.kernel, "float32"), self.delta_weight())
@@ -574,7 +576,7 @@ class _FourierFTMixin:
         return self._finish(x)
 
     def quantized_call(self, inputs, training=None):
-        if not self._adapter_active():
+        if not self._adapter_active(inputs):
             return super().quantized_call(inputs, training=training)
         activation = self.activation
         self.activation = None

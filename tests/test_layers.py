@@ -260,6 +260,16 @@ def test_einsum_plain_export():
     )
 
 
+@pytest.mark.parametrize("compute", COMPUTE)
+def test_empty_batch(compute):
+    dense = adapt_layer(_dense(6, 5), n_frequency=8, compute=compute)
+    einsum = adapt_layer(
+        _einsum("btd,dh->bth", (None, 4), (2, 3, 5)), n_frequency=8, compute=compute
+    )
+    assert tuple(dense(np.ones((0, 5), "float32")).shape) == (0, 6)
+    assert tuple(einsum(np.ones((2, 0, 5), "float32")).shape) == (2, 0, 4)
+
+
 def test_disabled_adapter_gives_base_output():
     base = _dense(4, 3)
     x = np.ones((1, 3), "float32")
