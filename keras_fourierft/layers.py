@@ -700,8 +700,11 @@ class _FourierFTMixin:
         if equation is None:
             return (None, kernel_shape[0])
         input_term, kernel_term, _ = _split_equation(equation)
-        shape = [None] if "..." in input_term else []
-        for letter in input_term.replace("...", ""):
+        named = input_term.replace("...", "")
+        # The ellipsis stands for as many axes as the layer was built with.
+        rank = getattr(self.input_spec, "ndim", None) or len(named) + 1
+        shape = []
+        for letter in input_term.replace("...", "." * (rank - len(named))):
             axis = kernel_term.find(letter)
             shape.append(kernel_shape[axis] if axis >= 0 else None)
         return tuple(shape)

@@ -260,6 +260,16 @@ def test_einsum_plain_export():
     )
 
 
+def test_ellipsis_plain_export_takes_the_inputs_of_the_adapted_layer():
+    base = _einsum("...d,dh->...h", (4,), (2, 3, 5, 6))
+    layer = adapt_layer(base, n_frequency=10)
+    x = np.random.default_rng(7).normal(size=(2, 3, 5, 6)).astype("float32")
+    plain = layer.to_plain_layer()
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(plain(x)), ops.convert_to_numpy(layer(x)), atol=1e-4
+    )
+
+
 @pytest.mark.parametrize("compute", COMPUTE)
 def test_empty_batch(compute):
     dense = adapt_layer(_dense(6, 5), n_frequency=8, compute=compute)
