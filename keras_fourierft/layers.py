@@ -528,8 +528,10 @@ class _FourierFTMixin:
             self.scaling,
         )
 
-    def _adapter_active(self):
-        return self._enabled and not self.merged
+    def _adapter_active(self, inputs):
+        # An empty input gets no update: torch's FFT refuses empty tensors,
+        # and so does TensorFlow's `ops.add` with two empty `(0, units)` ones.
+        return self._enabled and not self.merged and 0 not in tuple(inputs.shape)
 
     def _compute_mode(self, inputs):
         if self.compute != "auto":
@@ -566,7 +568,7 @@ class _FourierFTMixin:
         return x
 
     def call(self, inputs, training=None):
-        if not self._adapter_active():
+        if not self._adapter_active(inputs):
             return super().call(inputs, training=training)
         if self._compute_mode(inputs) == "dense":
             kernel = ops.add(ops.cast(self.kernel, "float32"), self.delta_weight())
@@ -581,7 +583,7 @@ class _FourierFTMixin:
         return self._finish(x)
 
     def quantized_call(self, inputs, training=None):
-        if not self._adapter_active():
+        if not self._adapter_active(inputs):
             return super().quantized_call(inputs, training=training)
         activation = self.activation
         self.activation = None
@@ -705,8 +707,11 @@ class _FourierFTMixin:
         if equation is None:
             return (None, kernel_shape[0])
         input_term, kernel_term, _ = _split_equation(equation)
-        shape = [None] if "..." in input_term else []
-        for letter in input_term.replace("...", ""):
+        named = input_term.replace("...", "")
+        # The ellipsis stands for as many axes as the layer was built with.
+        rank = getattr(self.input_spec, "ndim", None) or len(named) + 1
+        shape = []
+        for letter in input_term.replace("...", "." * (rank - len(named))):
             axis = kernel_term.find(letter)
             shape.append(kernel_shape[axis] if axis >= 0 else None)
         return tuple(shape)

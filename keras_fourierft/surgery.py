@@ -169,7 +169,10 @@ def enable_fourierft(
       regexes);
     - biases by `bias`: `"none"` (PEFT's default), `"fourier_only"` (the
       adapted layers' biases) or `"all"` (every variable named `bias`).
-    Freezing acts on variables (`variable.trainable`). Compile the model
+    Freezing acts on variables (`variable.trainable`); the layers holding a
+    variable that trains are set `trainable` (also in a model frozen with
+    `model.trainable = False`), other layers keep their flag. Quantized
+    kernels and their scales stay as Keras sets them. Compile the model
     after enabling.
 
     Quantized bases: `model.quantize("int8")` (or `"int4"`, `"float8"`)
@@ -612,14 +615,33 @@ def _freeze(model, bias, trainable_layers):
             if layer.name in trainable_layers or any(p.search(path) for p in patterns):
                 keep |= {id(v) for v in layer.weights}
     adapted = [layer for _, layer in fourier_layers(model)]
-    coefficients = {id(layer.coefficients) for layer in adapted}
+    keep |= {id(layer.coefficients) for layer in adapted}
     if bias == "fourier_only":
         keep |= {id(layer.bias) for layer in adapted if layer.bias is not None}
+    if bias == "all":
+        keep |= {id(v) for v in model.weights if v.name == "bias"}
+    _make_trainable(model, keep)
     for variable in model.weights:
-        is_bias = bias == "all" and variable.name == "bias"
-        variable.trainable = (
-            id(variable) in coefficients or id(variable) in keep or is_bias
-        )
+        # float8 scaling state updates with its layer, as Keras sets it.
+        if id(variable) not in keep and not variable.overwrite_with_gradient:
+            variable.trainable = False
+
+
+def _make_trainable(model, keep):
+    """Sets `trainable = True` on every layer holding a variable in `keep`.
+
+    Keras's setter turns on the variables a layer trains (never quantized
+    kernels or their scales) and those of its sublayers; the flags of layers
+    without such a variable are put back, parents before children.
+    """
+    layers = [model] + [layer for _, layer in walk_layers(model)]
+    flags = [layer.trainable for layer in layers]
+    # Off first: on TensorFlow, assigning an unchanged flag does nothing.
+    model.trainable = False
+    model.trainable = True
+    for layer, flag in zip(layers, flags, strict=True):
+        if not any(id(v) in keep for v in layer.weights):
+            layer.trainable = flag
 
 
 def _summarize(model, adapted):

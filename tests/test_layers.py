@@ -260,6 +260,26 @@ def test_einsum_plain_export():
     )
 
 
+def test_ellipsis_plain_export_takes_the_inputs_of_the_adapted_layer():
+    base = _einsum("...d,dh->...h", (4,), (2, 3, 5, 6))
+    layer = adapt_layer(base, n_frequency=10)
+    x = np.random.default_rng(7).normal(size=(2, 3, 5, 6)).astype("float32")
+    plain = layer.to_plain_layer()
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(plain(x)), ops.convert_to_numpy(layer(x)), atol=1e-4
+    )
+
+
+@pytest.mark.parametrize("compute", COMPUTE)
+def test_empty_batch(compute):
+    dense = adapt_layer(_dense(6, 5), n_frequency=8, compute=compute)
+    einsum = adapt_layer(
+        _einsum("btd,dh->bth", (None, 4), (2, 3, 5)), n_frequency=8, compute=compute
+    )
+    assert tuple(dense(np.ones((0, 5), "float32")).shape) == (0, 6)
+    assert tuple(einsum(np.ones((2, 0, 5), "float32")).shape) == (2, 0, 4)
+
+
 def test_disabled_adapter_gives_base_output():
     base = _dense(4, 3)
     x = np.ones((1, 3), "float32")

@@ -456,3 +456,33 @@ def test_seed_reaches_the_adapted_layers(seed):
     assert _expected_support(777, n_frequency=15) != expected
     assert support == expected
     assert layer_seed == seed
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4", "float8"])
+def test_quantized_model_keeps_quantization_variables_as_keras_sets_them(mode):
+    model = models.sequential()
+    model.quantize(mode)
+    expected = {v.path: v.trainable for v in model.weights if v.name != "bias"}
+    enable_fourierft(model, n_frequency=5, trainable_layers=["head"])
+    for variable in model.weights:
+        if variable.name in ("coefficients", "bias"):
+            continue
+        if variable.overwrite_with_gradient or "float" not in variable.dtype:
+            assert variable.trainable == expected[variable.path], variable.path
+    model.compile(optimizer="adam", loss="mse")
+    x = np.ones((4, 6), "float32")
+    model.fit(x, np.zeros((4, 3), "float32"), epochs=1, verbose=0)
+
+
+def test_frozen_model_trains_its_adapters():
+    model = models.functional()
+    model.trainable = False
+    summary = enable_fourierft(
+        model, n_frequency=5, target_layer_names=["query"], trainable_layers=["head"]
+    )
+    trainable = sorted(v.path for v in model.trainable_weights)
+    assert trainable == ["head/bias", "head/kernel", "query/coefficients"]
+    assert not model.get_layer("value").trainable
+    assert summary.trainable_params == sum(
+        int(np.prod(v.shape)) for v in model.trainable_weights
+    )
