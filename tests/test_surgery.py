@@ -458,6 +458,8 @@ def test_seed_reaches_the_adapted_layers(seed):
     assert layer_seed == seed
 
 
+# Keras warns that a Functional model's InputLayer has no `quantize`.
+@pytest.mark.filterwarnings("ignore:Layer InputLayer does not have:UserWarning")
 @pytest.mark.parametrize("mode", ["int8", "int4", "float8"])
 def test_quantized_model_keeps_quantization_variables_as_keras_sets_them(mode):
     model = models.sequential()
