@@ -8,13 +8,14 @@ import os
 import h5py
 import keras
 import numpy as np
-from keras import ops
 
 from keras_fourierft.config import SPECTRUM_FIELDS
 from keras_fourierft.config import FourierFTConfig
 from keras_fourierft.config import check_finite
 from keras_fourierft.config import check_integer
 from keras_fourierft.config import check_positive_integer
+from keras_fourierft.distribution import host_value
+from keras_fourierft.distribution import is_writing_process
 from keras_fourierft.files import write_atomically
 from keras_fourierft.layers import float_kernel_shape
 from keras_fourierft.layers import kernel_view
@@ -46,6 +47,15 @@ def save_fourierft_weights(model, filepath, include_trainable_weights=False):
     it replaces (a new one `0o666` less the umask, as Keras's files), and a
     `filepath` that is a symbolic link keeps pointing to the new file.
 
+    Several processes (JAX, `jax.distributed.initialize`): only process 0
+    writes the file; on the other processes the call checks its arguments
+    and returns without writing. Process 0 reads the values it holds on its
+    own devices, with no collective, so calling this on every process, or
+    on process 0 alone, never waits for another process. Every saved value
+    must be whole on process 0: the coefficients are, unless a `LayoutMap`
+    entry splits them over devices of several processes (then a clear error
+    says so).
+
     Args:
         model: A model adapted with `enable_fourierft`.
         filepath: Path ending in `.weights.h5`.
@@ -66,10 +76,14 @@ def save_fourierft_weights(model, filepath, include_trainable_weights=False):
             "`enable_fourierft` first."
         )
     extra = _other_trainable(model) if include_trainable_weights else []
+    if not is_writing_process():
+        return
+    spectra = [host_spectrum(layer) for _, layer in layers]
+    values = [(path, host_value(variable)) for path, variable in extra]
 
     def write(temporary):
         with h5py.File(temporary, "w") as file:
-            _write(file, layers, extra)
+            _write(file, layers, spectra, values)
 
     write_atomically(filepath, write)
 
@@ -177,20 +191,29 @@ def _other_trainable(model):
     ]
 
 
-def _write(file, layers, extra):
+def host_spectrum(layer):
+    """A layer's effective coefficients (`layer.spectrum`) as float32 numpy.
+
+    Read on this process alone (see `distribution.host_value`).
+    """
+    stored = host_value(layer.coefficients).astype("float32")
+    return stored * np.float32(layer.lr_multiplier)
+
+
+def _write(file, layers, spectra, extra):
     file.attrs["format"] = FORMAT
     file.attrs["format_version"] = FORMAT_VERSION
     file.attrs["package_version"] = __version__
     group = file.create_group("fourierft")
-    for index, (path, layer) in enumerate(layers):
-        data = group.create_dataset(
-            str(index), data=ops.convert_to_numpy(layer.spectrum).astype("float32")
-        )
+    for index, ((path, layer), spectrum) in enumerate(
+        zip(layers, spectra, strict=True)
+    ):
+        data = group.create_dataset(str(index), data=spectrum)
         data.attrs["path"] = path
         data.attrs["config"] = json.dumps(layer.adapter_config())
     group = file.create_group("trainable")
-    for index, (path, variable) in enumerate(extra):
-        data = group.create_dataset(str(index), data=ops.convert_to_numpy(variable))
+    for index, (path, value) in enumerate(extra):
+        data = group.create_dataset(str(index), data=value)
         data.attrs["path"] = path
 
 

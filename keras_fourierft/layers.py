@@ -20,9 +20,9 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_fourierft import distribution
 from keras_fourierft import keras_internals
 from keras_fourierft import spectral
-from keras_fourierft import strategy
 from keras_fourierft.config import SPECTRUM_FIELDS
 from keras_fourierft.config import FourierFTConfig
 
@@ -193,6 +193,11 @@ def float_kernel_shape(layer):
 def check_adaptable(layer, config=None):
     """Raises a clear error if `layer` cannot be adapted in place.
 
+    On JAX under a `keras.distribution`, the layer's variables must live
+    under the current distribution, and the layout it gives the
+    coefficients must apply to a vector of `n_frequency` values (see
+    `keras_fourierft.distribution`).
+
     Args:
         layer: Any Keras layer.
         config: Optional `FourierFTConfig`; if given, its `n_frequency` must
@@ -242,9 +247,11 @@ def check_adaptable(layer, config=None):
             "update to the kernel that a constraint cannot see, so it would "
             "be silently violated. Remove the constraint first."
         )
+    distribution.check_placement(layer.weights, f"layer {layer.name!r}")
     if config is not None:
         _check_size(layer, config, float_kernel_shape(layer))
-    strategy.check_strategy(layer)
+        distribution.check_coefficient_layout(layer, config.n_frequency)
+    distribution.check_strategy(layer)
 
 
 def adapt_layer(layer, config=None, **settings):
@@ -284,7 +291,7 @@ def adapt_layer(layer, config=None, **settings):
     elif settings:
         raise ValueError("Pass either `config` or settings, not both.")
     check_adaptable(layer, config)
-    with strategy.variable_scope(layer), keras_internals.unlocked_tracker(layer):
+    with distribution.variable_scope(layer), keras_internals.unlocked_tracker(layer):
         keras_internals.set_layer_class(layer, _ADAPTED_CLASS[type(layer)])
         layer._init_fourierft(config)
         layer._build_fourierft()
@@ -363,6 +370,7 @@ class _FourierFTMixin:
     def build(self, input_shape):
         super().build(input_shape)
         _check_size(self, self.fourierft_config, float_kernel_shape(self))
+        distribution.check_coefficient_layout(self, self.n_frequency)
         self._build_fourierft()
 
     def quantize(self, mode=None, type_check=True, config=None):

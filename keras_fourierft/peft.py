@@ -15,13 +15,14 @@ import re
 
 import numpy as np
 import safetensors.numpy
-from keras import ops
 
 from keras_fourierft.adapters import apply_adapter
+from keras_fourierft.adapters import host_spectrum
 from keras_fourierft.adapters import weight_shape
 from keras_fourierft.config import check_finite
 from keras_fourierft.config import check_integer
 from keras_fourierft.config import check_positive_integer
+from keras_fourierft.distribution import is_writing_process
 from keras_fourierft.files import PEFT_CONFIG_NAME
 from keras_fourierft.files import PEFT_WEIGHTS_NAME
 from keras_fourierft.files import check_peft_pair
@@ -227,6 +228,10 @@ def save_peft_adapter(
     biases is refused (PEFT's file could not hold them; use
     `save_fourierft_weights(..., include_trainable_weights=True)`).
 
+    Several processes (JAX): only process 0 writes, as
+    `save_fourierft_weights` does; the other processes return without
+    writing.
+
     Args:
         model: A model adapted with `enable_fourierft` (uniform sampling, one
             `scaling` and seed for all layers, as PEFT requires).
@@ -277,8 +282,10 @@ def save_peft_adapter(
         "exclude_modules": None,
         "revision": None,
     }
+    if not is_writing_process():
+        return
     tensors = {
-        _KEY_PREFIX + module + _KEY_SUFFIX: ops.convert_to_numpy(layer.spectrum)
+        _KEY_PREFIX + module + _KEY_SUFFIX: host_spectrum(layer)
         for module, (_, layer) in zip(modules, layers, strict=True)
     }
     write_peft_folder(path, config, tensors)

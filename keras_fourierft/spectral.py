@@ -14,6 +14,9 @@ with `keras.ops` and an exact custom gradient:
 `choose_compute` picks the cheaper one from static shapes. On the torch
 backend both run with torch's own operators (`torch_ops`), where the per-call
 overhead of `keras.ops` would be as large as the FFTs.
+
+Every FFT goes through `_fft`, `_rfft` or `_irfft`, which on JAX pin the
+FFT's operand and result to the row-major layout (see `_row_major`).
 """
 
 import functools
@@ -275,18 +278,18 @@ def ops_delta_from_plan(spectrum, plan, shape, scaling):
             reduction="add",
         )
         grid = ops.reshape(grid, (half, rows))
-        real, imag = ops.fft((grid, ops.zeros_like(grid)))
+        real, imag = _fft((grid, ops.zeros_like(grid)))
         # ifft of a real input is the conjugate of its fft over `rows`.
         real = ops.transpose(real) / rows
         imag = ops.transpose(imag) / -rows
-        result = ops.irfft((real, imag), fft_length=columns) * scaling
+        result = _irfft((real, imag), columns) * scaling
 
         def grad(*args, upstream=None):
             if upstream is None:
                 (upstream,) = args
             upstream = ops.cast(upstream, "float32")
-            real, imag = ops.rfft(upstream)
-            real, _ = ops.fft((ops.transpose(real), ops.transpose(imag)))
+            real, imag = _rfft(upstream)
+            real, _ = _fft((ops.transpose(real), ops.transpose(imag)))
             flat = ops.reshape(real, (-1,))
             factor = scaling / (rows * columns)
             return ops.take(flat, plan["gradient"]) * factor
@@ -294,6 +297,78 @@ def ops_delta_from_plan(spectrum, plan, shape, scaling):
         return result, grad
 
     return delta(ops.cast(spectrum, "float32"))
+
+
+def _fft(x):
+    """`ops.fft` of a `(real, imag)` pair over the last axis (see `_row_major`)."""
+    if not _pins_layouts():
+        return ops.fft(x)
+    import jax
+
+    real, imag = x
+    result = _row_major(jax.numpy.fft.fft(_row_major(jax.lax.complex(real, imag))))
+    return jax.numpy.real(result), jax.numpy.imag(result)
+
+
+def _rfft(x):
+    """`ops.rfft` over the last axis (see `_row_major`)."""
+    if not _pins_layouts():
+        return ops.rfft(x)
+    import jax
+
+    result = _row_major(jax.numpy.fft.rfft(_row_major(x)))
+    return jax.numpy.real(result), jax.numpy.imag(result)
+
+
+def _irfft(x, fft_length):
+    """`ops.irfft` of a `(real, imag)` pair over the last axis (see `_row_major`)."""
+    if not _pins_layouts():
+        return ops.irfft(x, fft_length=fft_length)
+    import jax
+
+    real, imag = x
+    spectrum = _row_major(jax.lax.complex(real, imag))
+    return _row_major(jax.numpy.fft.irfft(spectrum, n=fft_length))
+
+
+@functools.cache
+def _layout_constraint():
+    """JAX's `with_layout_constraint` and `Layout`, or None if unavailable."""
+    try:
+        from jax.experimental.layout import Layout
+        from jax.experimental.layout import with_layout_constraint
+    except ImportError:
+        return None
+    return with_layout_constraint, Layout
+
+
+def _pins_layouts():
+    """Whether FFT operands and results get pinned to row-major (see `_row_major`).
+
+    On JAX on CPU only: XLA's GPU backend asks for row-major FFT layouts
+    itself, and TPU layouts are tiled and left to XLA.
+    """
+    if keras.backend.backend() != "jax" or _layout_constraint() is None:
+        return False
+    return device_kind() == "cpu"
+
+
+def _row_major(x):
+    """Pins a JAX array to the row-major layout inside XLA programs.
+
+    XLA's CPU FFT runs only on row-major operands, but XLA's CPU layout
+    assignment does not ask for them: when a program is partitioned over
+    several devices (`keras.distribution.ModelParallel`, or any sharded
+    `jax.jit`), a collective or a sharded matmul next to an FFT can prefer a
+    column-major layout, which then spreads through the transposes around
+    the FFT to its operand, and the compiled program fails with `RET_CHECK
+    failure (xla/backends/cpu/runtime/fft_thunk.cc) LayoutUtil::
+    IsMonotonicWithDim0Major`. Pinning the FFT's operand and result keeps
+    every FFT row-major (a copy where XLA would have changed the layout);
+    the values are unchanged.
+    """
+    with_layout_constraint, layout = _layout_constraint()
+    return with_layout_constraint(x, layout(tuple(range(len(x.shape)))))
 
 
 def spectral_delta(spectrum, indices, shape, scaling):
@@ -463,7 +538,7 @@ def _scatter_inverse(real, imag, plan, prefix, size, factor):
     imag = ops.segment_sum(
         ops.take(imag, source, axis=0) * sign, target, bins, sorted=is_sorted
     )
-    result = ops.irfft((ops.transpose(real), ops.transpose(imag)), fft_length=size)
+    result = _irfft((ops.transpose(real), ops.transpose(imag)), size)
     return result * factor
 
 
@@ -484,7 +559,7 @@ def ops_spectral_matmul(inputs, spectrum, plan, shape, scaling):
 
     @ops.custom_gradient
     def apply(x, values):
-        x_real, x_imag = ops.rfft(x)
+        x_real, x_imag = _rfft(x)
         gathered_real, gathered_imag = _gather_conjugate(
             x_real, x_imag, plan, "forward_"
         )
@@ -502,7 +577,7 @@ def ops_spectral_matmul(inputs, spectrum, plan, shape, scaling):
             if upstream is None:
                 (upstream,) = args
             upstream = ops.cast(upstream, "float32")
-            g_real, g_imag = ops.rfft(upstream)
+            g_real, g_imag = _rfft(upstream)
             g_real, g_imag = _gather_conjugate(g_real, g_imag, plan, "backward_")
             products = gathered_real * g_real - gathered_imag * g_imag
             values_grad = ops.sum(products, axis=1) * (scaling / (d1 * d2))

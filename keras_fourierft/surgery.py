@@ -12,6 +12,7 @@ import re
 
 import keras
 
+from keras_fourierft import distribution
 from keras_fourierft import keras_internals
 from keras_fourierft.config import DEFAULT_LR_MULTIPLIER
 from keras_fourierft.config import FourierFTConfig
@@ -175,6 +176,15 @@ def enable_fourierft(
     kernels and their scales stay as Keras sets them. Compile the model
     after enabling.
 
+    Several devices (JAX): build or load the model, enable FourierFT and
+    train under one `keras.distribution` (`DataParallel`, or `ModelParallel`
+    with a `LayoutMap`, e.g. KerasHub's `Backbone.get_layout_map(mesh)`).
+    The coefficients are Keras variables like any other: replicated, unless
+    a `LayoutMap` entry matches `<layer path>/coefficients` (it must give a
+    one-axis layout that divides `n_frequency`); the frozen kernels keep
+    their layout. A model whose variables live under another distribution
+    (or none) than the current one is refused, untouched.
+
     Quantized bases: `model.quantize("int8")` (or `"int4"`, `"float8"`)
     before or after enabling; only the coefficients train.
 
@@ -238,6 +248,7 @@ def enable_fourierft(
         compute=compute,
     )
     _check_model(model)
+    distribution.check_placement(model.weights, f"model {model.name!r}")
     names = _as_names("target_layer_names", target_layer_names)
     paths = _as_names("target_paths", target_paths)
     keep = _as_names("trainable_layers", trainable_layers)
