@@ -15,8 +15,8 @@ with `keras.ops` and an exact custom gradient:
 backend both run with torch's own operators (`torch_ops`), where the per-call
 overhead of `keras.ops` would be as large as the FFTs.
 
-Every FFT goes through `_fft`, `_rfft` or `_irfft`, which on JAX pin the
-FFT's operand and result to the row-major layout (see `_row_major`).
+Every FFT goes through `_fft`, `_rfft` or `_irfft`, which on JAX on CPU keep
+the FFT's operand and result row-major (`jax_ops`).
 """
 
 import functools
@@ -300,75 +300,43 @@ def ops_delta_from_plan(spectrum, plan, shape, scaling):
 
 
 def _fft(x):
-    """`ops.fft` of a `(real, imag)` pair over the last axis (see `_row_major`)."""
-    if not _pins_layouts():
-        return ops.fft(x)
-    import jax
+    """`ops.fft` of a `(real, imag)` pair over the last axis."""
+    if _pins_layouts():
+        from keras_fourierft import jax_ops
 
-    real, imag = x
-    result = _row_major(jax.numpy.fft.fft(_row_major(jax.lax.complex(real, imag))))
-    return jax.numpy.real(result), jax.numpy.imag(result)
+        return jax_ops.fft(x)
+    return ops.fft(x)
 
 
 def _rfft(x):
-    """`ops.rfft` over the last axis (see `_row_major`)."""
-    if not _pins_layouts():
-        return ops.rfft(x)
-    import jax
+    """`ops.rfft` over the last axis."""
+    if _pins_layouts():
+        from keras_fourierft import jax_ops
 
-    result = _row_major(jax.numpy.fft.rfft(_row_major(x)))
-    return jax.numpy.real(result), jax.numpy.imag(result)
+        return jax_ops.rfft(x)
+    return ops.rfft(x)
 
 
 def _irfft(x, fft_length):
-    """`ops.irfft` of a `(real, imag)` pair over the last axis (see `_row_major`)."""
-    if not _pins_layouts():
-        return ops.irfft(x, fft_length=fft_length)
-    import jax
+    """`ops.irfft` of a `(real, imag)` pair over the last axis."""
+    if _pins_layouts():
+        from keras_fourierft import jax_ops
 
-    real, imag = x
-    spectrum = _row_major(jax.lax.complex(real, imag))
-    return _row_major(jax.numpy.fft.irfft(spectrum, n=fft_length))
-
-
-@functools.cache
-def _layout_constraint():
-    """JAX's `with_layout_constraint` and `Layout`, or None if unavailable."""
-    try:
-        from jax.experimental.layout import Layout
-        from jax.experimental.layout import with_layout_constraint
-    except ImportError:
-        return None
-    return with_layout_constraint, Layout
+        return jax_ops.irfft(x, fft_length)
+    return ops.irfft(x, fft_length=fft_length)
 
 
 def _pins_layouts():
-    """Whether FFT operands and results get pinned to row-major (see `_row_major`).
+    """Whether FFTs keep row-major operands (JAX on CPU, see `jax_ops`).
 
-    On JAX on CPU only: XLA's GPU backend asks for row-major FFT layouts
-    itself, and TPU layouts are tiled and left to XLA.
+    XLA's GPU backend asks for row-major FFT layouts itself, and TPU layouts
+    are tiled and left to XLA.
     """
-    if keras.backend.backend() != "jax" or _layout_constraint() is None:
+    if keras.backend.backend() != "jax":
         return False
-    return device_kind() == "cpu"
+    from keras_fourierft import jax_ops
 
-
-def _row_major(x):
-    """Pins a JAX array to the row-major layout inside XLA programs.
-
-    XLA's CPU FFT runs only on row-major operands, but XLA's CPU layout
-    assignment does not ask for them: when a program is partitioned over
-    several devices (`keras.distribution.ModelParallel`, or any sharded
-    `jax.jit`), a collective or a sharded matmul next to an FFT can prefer a
-    column-major layout, which then spreads through the transposes around
-    the FFT to its operand, and the compiled program fails with `RET_CHECK
-    failure (xla/backends/cpu/runtime/fft_thunk.cc) LayoutUtil::
-    IsMonotonicWithDim0Major`. Pinning the FFT's operand and result keeps
-    every FFT row-major (a copy where XLA would have changed the layout);
-    the values are unchanged.
-    """
-    with_layout_constraint, layout = _layout_constraint()
-    return with_layout_constraint(x, layout(tuple(range(len(x.shape)))))
+    return jax_ops.can_pin_layouts() and device_kind() == "cpu"
 
 
 def spectral_delta(spectrum, indices, shape, scaling):
