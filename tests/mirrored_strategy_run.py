@@ -24,11 +24,11 @@ tf.config.set_logical_device_configuration(
 )
 
 import keras  # noqa: E402
-import keras_hub  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_fourierft  # noqa: E402
 from keras_fourierft import adapters  # noqa: E402
+from tests.models import bert_classifier  # noqa: E402
 
 GLOBAL_BATCH = 16
 EPOCHS = 2
@@ -36,19 +36,7 @@ SETTINGS = dict(n_frequency=64, coefficient_initializer="zeros", compute="dense"
 
 
 def classifier():
-    keras.utils.set_random_seed(0)
-    backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=50,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=16,
-        intermediate_dim=32,
-        max_sequence_length=12,
-        dropout=0.0,
-    )
-    return keras_hub.models.BertTextClassifier(
-        backbone=backbone, num_classes=2, preprocessor=None, dropout=0.0
-    )
+    return bert_classifier(dropout=0.0)
 
 
 def data():

@@ -5,7 +5,7 @@ import keras_hub
 import numpy as np
 
 
-def bert_backbone():
+def bert_backbone(dropout=0.1):
     return keras_hub.models.BertBackbone(
         vocabulary_size=50,
         num_layers=2,
@@ -13,13 +13,17 @@ def bert_backbone():
         hidden_dim=16,
         intermediate_dim=32,
         max_sequence_length=12,
+        dropout=dropout,
     )
 
 
-def bert_classifier(seed=0):
+def bert_classifier(seed=0, dropout=0.1):
     keras.utils.set_random_seed(seed)
     return keras_hub.models.BertTextClassifier(
-        backbone=bert_backbone(), num_classes=2, preprocessor=None
+        backbone=bert_backbone(dropout),
+        num_classes=2,
+        preprocessor=None,
+        dropout=dropout,
     )
 
 
