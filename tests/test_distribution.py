@@ -203,6 +203,8 @@ def test_two_processes_equal_one_process(runs, tmp_path):
     codes = [child.returncode for child in children]
     if CANNOT_RUN in codes:
         reason = outputs[codes.index(CANNOT_RUN)].strip().splitlines()[-1]
+        # CI installs a jax with gloo: there a missing collective is a failure.
+        assert not os.environ.get("CI"), reason
         print(reason)
         pytest.skip(reason)
     for rank, (code, output) in enumerate(zip(codes, outputs, strict=True)):
