@@ -9,16 +9,15 @@ two by renaming its modules: transformers' BERT module paths map to KerasHub
 layer paths by `BERT_LAYER_MAP` (or a `layer_map` of your own).
 """
 
-import json
 import os
 import re
 
 import numpy as np
-import safetensors.numpy
 
-from keras_fourierft.adapters import apply_adapter
-from keras_fourierft.adapters import host_spectrum
-from keras_fourierft.adapters import weight_shape
+from keras_fourierft import reading
+from keras_fourierft.adapters import _apply_adapter
+from keras_fourierft.adapters import _host_spectrum
+from keras_fourierft.adapters import _weight_shape
 from keras_fourierft.config import check_finite
 from keras_fourierft.config import check_integer
 from keras_fourierft.config import check_positive_integer
@@ -29,13 +28,6 @@ from keras_fourierft.files import check_peft_pair
 from keras_fourierft.files import write_peft_folder
 from keras_fourierft.surgery import fourier_layers
 from keras_fourierft.surgery import walk_layers
-
-try:  # The regular expression parser (used to bound matching work).
-    from re import _constants as _sre
-    from re import _parser as _regex_parser
-except ImportError:  # Python 3.10
-    import sre_constants as _sre
-    import sre_parse as _regex_parser
 
 CONFIG_NAME = PEFT_CONFIG_NAME
 WEIGHTS_NAME = PEFT_WEIGHTS_NAME
@@ -122,11 +114,17 @@ def load_peft_adapter(model, path, layer_map=None, spectra_only=False):
         for layer_path in layers
         if layer_path in targets
     ]
-    apply_adapter(model, entries)
+    _apply_adapter(model, entries)
 
 
 def read_peft_adapter(path):
     """Reads and checks a PEFT FourierFT adapter folder without any model.
+
+    The config is checked first, then the weights file's header: every
+    spectrum's declared dtype and shape against the config, and every
+    declared size against the file's, before any tensor is read. Only the
+    spectra are read; float16/bfloat16 spectra (as PEFT saves them under
+    mixed precision) are returned as float32.
 
     Args:
         path: The adapter folder.
@@ -139,7 +137,7 @@ def read_peft_adapter(path):
     Example:
 
     ```python
-    adapter = keras_fourierft.read_peft_adapter("my-peft-adapter/")
+    adapter = read_peft_adapter("my-peft-adapter/")
     sorted(adapter["spectra"])  # the adapted modules
     ```
     """
@@ -153,19 +151,10 @@ def read_peft_adapter(path):
                 "that PEFT's `save_pretrained` wrote (safetensors format)."
             )
     config = _read_config(config_path)
-    try:
-        with open(weights_path, "rb") as file:
-            data = file.read()
-        tensors = safetensors.numpy.load(data)
-        metadata = _safetensors_metadata(data)
-    except Exception as error:  # noqa: BLE001 - any parse failure means damage
-        raise ValueError(
-            f"Cannot read {weights_path!r}: {error}. The file is damaged or "
-            "not a safetensors file."
-        ) from None
     n_frequency = _n_frequency_rule(config, config_path)
-    spectra, other_keys = {}, []
-    for key, value in tensors.items():
+    header = reading.safetensors_header(weights_path, weights_path)
+    modules, other_keys = {}, []
+    for key, (dtype, shape, _, _) in header["tensors"].items():
         if not key.endswith(_KEY_SUFFIX):
             other_keys.append(key)
             continue
@@ -176,29 +165,32 @@ def read_peft_adapter(path):
                 f"{len(module)} characters ({module[:80]!r}...); module "
                 f"paths have at most {_MAX_MODULE}."
             )
-        expected = n_frequency(module)
-        if value.shape != (expected,):
+        if shape != (n_frequency(module),):
             raise ValueError(
                 f"{weights_path!r} is inconsistent with its config: module "
-                f"{module!r} stores a spectrum of shape {value.shape}, the "
-                f"config gives n_frequency={expected}."
+                f"{module!r} stores a spectrum of shape {shape}, the config "
+                f"gives n_frequency={n_frequency(module)}."
             )
-        if value.dtype.kind != "f":
+        if reading.dtype_name(dtype)[0] not in "fb":
             raise ValueError(
                 f"{weights_path!r} stores the spectrum of module {module!r} as "
-                f"{value.dtype} values, not floating point."
+                f"{reading.dtype_name(dtype)} values, not floating point."
             )
-        spectrum = value.astype("float32")
-        if not np.isfinite(spectrum).all():
-            raise ValueError(
-                f"{weights_path!r}: the spectrum of module {module!r} holds "
-                "non-finite values (NaN or infinity); such an adapter would "
-                "turn every output into NaN."
-            )
-        spectra[module] = spectrum
-    if not spectra:
+        modules[key] = module
+    if not modules:
         raise ValueError(f"{weights_path!r} holds no FourierFT spectra.")
-    check_peft_pair(path, config, metadata)
+    check_peft_pair(path, config, header["metadata"])
+    spectra = {}
+    for key, value in reading.read_tensors(
+        weights_path, weights_path, header, modules
+    ).items():
+        if not np.isfinite(value).all():
+            raise ValueError(
+                f"{weights_path!r}: the spectrum of module {modules[key]!r} "
+                "holds non-finite values (NaN or infinity); such an adapter "
+                "would turn every output into NaN."
+            )
+        spectra[modules[key]] = value.astype("float32")
     return {"config": config, "spectra": spectra, "other_keys": sorted(other_keys)}
 
 
@@ -256,6 +248,16 @@ def save_peft_adapter(
     _check_exportable(layers)
     inverse = None if layer_map is None else {v: k for k, v in layer_map.items()}
     modules = [module_prefix + _peft_path(p, inverse) for p, _ in layers]
+    owners = {}
+    for (layer_path, _), module in zip(layers, modules, strict=True):
+        if module in owners:
+            raise ValueError(
+                f"Layers {owners[module]!r} and {layer_path!r} both map to PEFT "
+                f"module {module!r} (e.g. two backbones in one model); a PEFT "
+                "adapter names each module once. Pass a `layer_map` that names "
+                "them apart, or save each backbone on its own."
+            )
+        owners[module] = layer_path
     counts = [layer.n_frequency for _, layer in layers]
     default = max(set(counts), key=counts.count)
     first = layers[0][1]
@@ -285,18 +287,14 @@ def save_peft_adapter(
     if not is_writing_process():
         return
     tensors = {
-        _KEY_PREFIX + module + _KEY_SUFFIX: host_spectrum(layer)
+        _KEY_PREFIX + module + _KEY_SUFFIX: _host_spectrum(layer)
         for module, (_, layer) in zip(modules, layers, strict=True)
     }
     write_peft_folder(path, config, tensors)
 
 
 def _read_config(config_path):
-    try:
-        with open(config_path, encoding="utf-8") as file:
-            config = json.load(file)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"Cannot read {config_path!r}: {error}.") from None
+    config = reading.read_json(config_path, config_path)
     if not isinstance(config, dict) or config.get("peft_type") != "FOURIERFT":
         found = config.get("peft_type") if isinstance(config, dict) else None
         raise ValueError(
@@ -306,38 +304,53 @@ def _read_config(config_path):
     for field in ("n_frequency", "scaling", "random_loc_seed"):
         if field not in config:
             raise ValueError(f"{config_path!r} lacks the field {field!r}.")
-    try:
-        check_positive_integer("n_frequency", config["n_frequency"])
-        check_finite("scaling", config["scaling"])
-        check_integer("random_loc_seed", config["random_loc_seed"])
-    except ValueError as error:
-        raise ValueError(f"{config_path!r} has {error}.") from None
     pattern = config.get("n_frequency_pattern")
     if pattern is not None and not isinstance(pattern, dict):
         raise ValueError(
             f"{config_path!r} has n_frequency_pattern={pattern!r}, not a "
             "mapping from module name patterns to n_frequency."
         )
-    for key, value in (pattern or {}).items():
-        try:
+    try:
+        check_positive_integer("n_frequency", config["n_frequency"])
+        check_finite("scaling", config["scaling"])
+        seed = check_integer("random_loc_seed", config["random_loc_seed"])
+        for key, value in (pattern or {}).items():
             check_positive_integer(f"n_frequency_pattern[{key!r}]", value)
-        except ValueError as error:
-            raise ValueError(f"{config_path!r} has {error}.") from None
+    except ValueError as error:
+        raise ValueError(f"{config_path!r} has {error}.") from None
+    if not -(2**63) <= seed < 2**64:
+        raise ValueError(
+            f"{config_path!r} has random_loc_seed={seed}, outside the range "
+            "torch accepts ([-2**63, 2**64)). Save the adapter again with a "
+            "seed in that range."
+        )
     return config
+
+
+def _location_seed(config):
+    # torch seeds its generator with the seed modulo 2**32.
+    return int(config["random_loc_seed"]) % 2**32
 
 
 # `n_frequency_pattern` keys come from the adapter folder and PEFT matches
 # them as regular expressions against module names, which also come from
-# the folder. A key that is a dotted name is compared as a suffix; other
-# keys are matched as PEFT does, but only when their matching work is
-# bounded: no repeated groups (`(a|a)+`), no backreferences, at most
-# `_MAX_REPEATS` repeated characters and `_MAX_ALTERNATIVES` combinations of
-# alternatives; module names are at most `_MAX_MODULE` characters.
+# the folder. A key that is a dotted name is compared as a suffix. Any other
+# key is matched as PEFT does, but only when its matching work is bounded by
+# a simple rule: no backreferences, repeats (*, +, ?, {}) only of single
+# characters and at most `_MAX_REPEATS` of them, at most `_MAX_ALTERNATIVES`
+# combinations of alternatives; module names have at most `_MAX_MODULE`
+# characters. Matching then costs at most a small polynomial in that length.
 _LITERAL_KEY = re.compile(r"[\w-]+(?:\.[\w-]+)*")
 _MAX_KEY = 256
 _MAX_MODULE = 512
 _MAX_REPEATS = 2
 _MAX_ALTERNATIVES = 16
+# A regex's atoms: an escape, a class, a group's start or end, `|`, a
+# quantifier (with its lazy/possessive suffix) or any other character.
+_QUANTIFIER = re.compile(r"(?:[*+?]|\{\d*,?\d*\})[?+]?")
+_TOKEN = re.compile(
+    rf"\\.|\[\^?\]?(?:\\.|[^\]])*\]|\(\??|\)|\||{_QUANTIFIER.pattern}|."
+)
 
 
 def _n_frequency_rule(config, config_path):
@@ -365,15 +378,13 @@ def _key_matcher(key, config_path):
     if _LITERAL_KEY.fullmatch(key):
         suffix = "." + key
         return lambda module: module.endswith(suffix)
-    problem = None
+    try:
+        compiled = re.compile(rf".*\.{key}$")
+        problem = _unbounded_work(key)
+    except re.error as error:
+        problem = f"it is not a regular expression ({error})"
     if len(key) > _MAX_KEY:
         problem = f"it is longer than {_MAX_KEY} characters"
-    else:
-        try:
-            compiled = re.compile(rf".*\.{key}$")
-            problem = _unbounded_work(rf".*\.{key}$")
-        except re.error as error:
-            problem = f"it is not a regular expression ({error})"
     if problem:
         raise ValueError(
             f"{config_path!r}: n_frequency_pattern key {key[:80]!r} cannot be "
@@ -383,58 +394,29 @@ def _key_matcher(key, config_path):
     return lambda module: compiled.match(module) is not None
 
 
-def _unbounded_work(pattern):
-    """Why matching `pattern` could take more than polynomial time, or None."""
-    try:
-        tree = _regex_parser.parse(pattern)
-    except Exception:  # noqa: BLE001 - a parser we do not know: refuse
-        return "it cannot be analysed"
-    try:
-        # PEFT's own `.*` is one of the repeats.
-        repeats, alternatives = _regex_work(tree)
-    except _Unsafe as error:
-        return str(error)
-    if repeats > _MAX_REPEATS + 1:
+def _unbounded_work(key):
+    """Why matching the (valid) regex `key` may not be bounded, or None."""
+    if re.search(r"\\[1-9]|\(\?P=", key):
+        return "it uses a backreference"
+    repeats, alternatives, previous = 0, [1], "("
+    for token in _TOKEN.findall(key):
+        if _QUANTIFIER.fullmatch(token):
+            if previous == ")":
+                return "it repeats a group (e.g. `(a|b)+`)"
+            repeats += 1
+        elif token == "|":
+            alternatives[-1] += 1
+        elif token.startswith("("):
+            alternatives.append(1)
+        elif token == ")":
+            inner = alternatives.pop()
+            alternatives[-1] *= inner
+        previous = token[0]
+    if repeats > _MAX_REPEATS:
         return f"it repeats more than {_MAX_REPEATS} characters (*, +, ?, {{}})"
-    if alternatives > _MAX_ALTERNATIVES:
+    if alternatives[0] > _MAX_ALTERNATIVES:
         return f"it has more than {_MAX_ALTERNATIVES} combinations of alternatives"
     return None
-
-
-class _Unsafe(Exception):
-    pass
-
-
-def _regex_work(items):
-    """`(repeats, alternatives)` along the worst path of a parsed pattern."""
-    repeats, alternatives = 0, 1
-    for op, argument in items:
-        if op in _REPEATS:
-            body = list(argument[2])
-            if len(body) != 1 or body[0][0] not in _CHARACTERS:
-                raise _Unsafe("it repeats a group (e.g. `(a|b)+`)")
-            repeats += 1
-        elif op is _sre.BRANCH:
-            works = [_regex_work(branch) for branch in argument[1]]
-            repeats += max(work[0] for work in works)
-            alternatives *= sum(work[1] for work in works)
-        elif op is _sre.SUBPATTERN:
-            inner = _regex_work(argument[-1])
-            repeats, alternatives = repeats + inner[0], alternatives * inner[1]
-        elif op in (_sre.ASSERT, _sre.ASSERT_NOT):
-            inner = _regex_work(argument[1])
-            repeats, alternatives = repeats + inner[0], alternatives * inner[1]
-        elif op not in _CHARACTERS and op is not _sre.AT:
-            raise _Unsafe(f"it uses {str(op).lower()}, e.g. a backreference")
-    return repeats, alternatives
-
-
-_REPEATS = {
-    getattr(_sre, name)
-    for name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT")
-    if hasattr(_sre, name)
-}
-_CHARACTERS = {_sre.LITERAL, _sre.NOT_LITERAL, _sre.ANY, _sre.IN}
 
 
 def _pattern_key(module):
@@ -449,7 +431,7 @@ def _pattern_key(module):
 
 
 def _entry(layer_path, layer, module, spectrum, config):
-    in_features, out_features = weight_shape(
+    in_features, out_features = _weight_shape(
         layer, f"Layer {layer_path!r} (for PEFT module {module!r})"
     )
     size = in_features * out_features
@@ -465,7 +447,7 @@ def _entry(layer_path, layer, module, spectrum, config):
         "out_features": out_features,
         "n_frequency": int(spectrum.shape[0]),
         "scaling": float(config["scaling"]),
-        "seed": int(config["random_loc_seed"]),
+        "seed": _location_seed(config),
         "sampling": "uniform",
         "center_frequency": None,
         "bandwidth": None,
@@ -562,10 +544,3 @@ def _check_exportable(layers):
 def _preview(keys):
     shown = ", ".join(repr(key) for key in keys[:3])
     return shown + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
-
-
-def _safetensors_metadata(data):
-    # The header's length (8 bytes, little-endian), then the header (JSON).
-    length = int.from_bytes(data[:8], "little")
-    metadata = json.loads(data[8 : 8 + length]).get("__metadata__")
-    return metadata if isinstance(metadata, dict) else None

@@ -106,7 +106,7 @@ def compile_model(model):
 
 def spectra(model):
     return {
-        path: keras_fourierft.adapters.host_spectrum(layer)
+        path: keras_fourierft.adapters._host_spectrum(layer)
         for path, layer in fourier_layers(model)
     }
 

@@ -190,7 +190,7 @@ def case_other_strategy(work):
 
 
 def _file_spectra(path):
-    content = adapters.read_adapter_file(path)
+    content = adapters._read_adapter_file(path)
     return np.concatenate([entry["spectrum"] for entry in content["layers"]])
 
 

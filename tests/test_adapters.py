@@ -15,7 +15,7 @@ from keras_fourierft import enable_fourierft
 from keras_fourierft import fourier_layers
 from keras_fourierft import load_fourierft_weights
 from keras_fourierft import save_fourierft_weights
-from keras_fourierft.adapters import read_adapter_file
+from keras_fourierft.adapters import _read_adapter_file
 from tests import models
 from tests.helpers import assert_same_weights
 from tests.helpers import kill
@@ -294,7 +294,7 @@ def test_save_writes_through_a_symlink(tmp_path):
     link.symlink_to(real)
     save_fourierft_weights(model, link)
     assert link.is_symlink() and os.readlink(link) == str(real)
-    spectra = [layer["spectrum"] for layer in read_adapter_file(real)["layers"]]
+    spectra = [layer["spectrum"] for layer in _read_adapter_file(real)["layers"]]
     np.testing.assert_array_equal(spectra, [np.arange(10)] * 2)
     assert sorted(os.listdir(tmp_path / "real")) == ["adapter.weights.h5"]
 
@@ -379,7 +379,7 @@ def _assert_refused(path, message):
         assert_same_weights(before, snapshot(model))
     assert not fourier_layers(plain)
     with pytest.raises(ValueError, match=message):
-        read_adapter_file(path)
+        _read_adapter_file(path)
 
 
 @pytest.mark.parametrize(
@@ -626,3 +626,115 @@ def test_malformed_descriptions_are_refused(tmp_path, edit, message):
     path = _saved_functional(tmp_path)
     _edit(path, edit)
     _assert_refused(path, message)
+
+
+def _two_same_shape_layers(order):
+    """A model with Dense layers `a` and `b` (6 -> 6), called in `order`."""
+    inputs = keras.Input((6,))
+    layers = {name: keras.layers.Dense(6, name=name) for name in "ab"}
+    x = inputs
+    for name in order:
+        x = layers[name](x)
+    return keras.Model(inputs, keras.layers.Dense(2, name="head")(x))
+
+
+@pytest.mark.parametrize("counts", [{"a": 5, "b": 5}, {"a": 5, "b": 7}])
+def test_plain_model_in_another_order_gets_spectra_by_path(tmp_path, counts):
+    source = _two_same_shape_layers("ab")
+    enable_fourierft(
+        source,
+        n_frequency=5,
+        target_layer_names=["a", "b"],
+        n_frequency_pattern={"^b$": counts["b"]},
+    )
+    rng = np.random.default_rng(0)
+    spectra = {}
+    for path, layer in fourier_layers(source):
+        spectra[path] = rng.normal(size=layer.n_frequency).astype("float32")
+        layer.set_spectrum(spectra[path])
+    path = tmp_path / "adapter.weights.h5"
+    save_fourierft_weights(source, path)
+    target = _two_same_shape_layers("ba")
+    assert [p for p, _ in fourier_layers(source)] == ["a", "b"]
+    load_fourierft_weights(target, path)
+    loaded = dict(fourier_layers(target))
+    assert sorted(loaded) == ["a", "b"]
+    for name, spectrum in spectra.items():
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(loaded[name].spectrum), spectrum, rtol=1e-6
+        )
+
+
+def _kernel(layer):
+    return next(v for v in layer.weights if v.name == "kernel")
+
+
+def test_loading_into_a_merged_model_is_all_or_nothing(tmp_path):
+    from keras_fourierft import merge_fourierft
+
+    path = tmp_path / "adapter.weights.h5"
+    save_fourierft_weights(_trained_classifier(seed=3), path)
+    model = _trained_classifier(seed=4)
+    merge_fourierft(model)
+    last = fourier_layers(model)[-1][1]
+    _kernel(last).assign(ops.add(_kernel(last), 1.0))
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="changed while the adapter was merged"):
+        load_fourierft_weights(model, path)
+    assert_same_weights(before, snapshot(model))
+    assert all(layer.merged for _, layer in fourier_layers(model))
+
+
+def _add_stored_weight(path, weight_path, value):
+    with h5py.File(path, "r+") as file:
+        index = str(len(file["trainable"]))
+        file["trainable"].create_dataset(index, data=value)
+        file["trainable"][index].attrs["path"] = weight_path
+
+
+@pytest.mark.parametrize("adapted", [True, False], ids=["adapted", "plain"])
+def test_stored_weights_only_reach_trainable_variables(tmp_path, adapted):
+    # The adapted layer's frozen kernel and the frozen `value` kernel's bias
+    # are not trainable: a file may not overwrite them.
+    path = _saved_functional(tmp_path, include_trainable_weights=True)
+    _add_stored_weight(path, "query/kernel", np.ones((6, 12), "float32"))
+    keras.utils.set_random_seed(0)
+    model = _adapted_functional() if adapted else models.functional()
+    for variable in model.get_layer("head").weights:
+        variable.trainable = True
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=r"'query/kernel'.*not trainable"):
+        load_fourierft_weights(model, path)
+    assert_same_weights(before, snapshot(model))
+
+
+def test_frozen_head_is_not_overwritten(tmp_path):
+    path = _saved_functional(tmp_path, include_trainable_weights=True)
+    model = _adapted_functional()
+    assert not model.get_layer("head").kernel.trainable
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=r"'head/kernel'.*not trainable"):
+        load_fourierft_weights(model, path)
+    assert_same_weights(before, snapshot(model))
+
+
+def test_trainable_head_loads(tmp_path):
+    path = _saved_functional(tmp_path, include_trainable_weights=True)
+    saved = _read_adapter_file(path)["extra"]
+    model = _adapted_functional()
+    for variable in model.get_layer("head").weights:
+        variable.trainable = True
+    load_fourierft_weights(model, path)
+    for name, value in saved:
+        variable = model.get_layer("head").kernel if "kernel" in name else None
+        if variable is not None:
+            np.testing.assert_array_equal(ops.convert_to_numpy(variable), value)
+
+
+def test_a_directory_is_not_reported_missing(tmp_path):
+    folder = tmp_path / "adapter.weights.h5"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError, match="is a folder") as info:
+        load_fourierft_weights(_adapted_functional(), folder)
+    assert "No adapter file" not in str(info.value)
+    assert str(folder) in str(info.value)

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 import keras_fourierft
-from keras_fourierft.adapters import read_adapter_file
+from keras_fourierft.adapters import _read_adapter_file
 from tests import models
 
 pytestmark = pytest.mark.skipif(
@@ -217,7 +217,7 @@ def test_two_processes_equal_one_process(runs, tmp_path):
     # Saved once, by process 0; process 1 returned without writing.
     assert [result["wrote"] for result in results] == [True, False]
     assert not (tmp_path / "adapter_process_1.weights.h5").exists()
-    saved = read_adapter_file(tmp_path / "adapter_process_0.weights.h5")
+    saved = _read_adapter_file(tmp_path / "adapter_process_0.weights.h5")
     with np.load(folder / "reference.npz") as reference:
         for layer in saved["layers"]:
             expected = reference[layer["path"].replace("/", "|")]

@@ -344,7 +344,7 @@ def test_two_devices_train_with_mirrored_strategy(tmp_path):
     assert saved["settings"]["devices"] == 2
     # The coefficients start at zero: trained ones are not, and finite.
     adapter = output / "fourierft_seed0" / "fourierft_coefficients.weights.h5"
-    layers = keras_fourierft.adapters.read_adapter_file(adapter)["layers"]
+    layers = keras_fourierft.adapters._read_adapter_file(adapter)["layers"]
     assert len(layers) == 12
     spectra = np.concatenate([layer["spectrum"] for layer in layers])
     assert np.isfinite(spectra).all() and np.abs(spectra).max() > 1e-4

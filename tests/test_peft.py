@@ -600,3 +600,122 @@ def test_integer_spectra_and_overlong_module_paths_are_refused(tmp_path):
     module = "encoder.layer.0.attention.self.query"
     _rename_module(folder, module, "a." * 300 + module)
     _assert_refused(folder, "module paths have at most 512")
+
+
+def _two_backbones():
+    inputs = models.bert_inputs()
+    symbolic = {k: keras.Input((None,), dtype="int32", name=k) for k in inputs}
+    first, second = models.bert_backbone(), models.bert_backbone()
+    outputs = [first(symbolic)["pooled_output"], second(symbolic)["pooled_output"]]
+    model = keras.Model(symbolic, keras.layers.Concatenate()(outputs))
+    enable_fourierft(model, n_frequency=12)
+    return model
+
+
+def test_export_of_two_backbones_to_the_same_modules_is_refused(tmp_path):
+    model = _two_backbones()
+    assert len(fourier_layers(model)) == 8
+    with pytest.raises(ValueError, match="both map to PEFT module.*layer_map"):
+        save_peft_adapter(model, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def _write_safetensors(path, tensors, header_extra=None, pad_to=None):
+    """Writes a safetensors file by hand: tensors are `(dtype, shape, bytes)`."""
+    header, offset, data = dict(header_extra or {}), 0, b""
+    for name, (dtype, shape, raw) in tensors.items():
+        header[name] = {
+            "dtype": dtype,
+            "shape": list(shape),
+            "data_offsets": [offset, offset + len(raw)],
+        }
+        offset += len(raw)
+        data += raw
+    text = json.dumps(header).encode()
+    with open(path, "wb") as file:
+        file.write(len(text).to_bytes(8, "little") + text + data)
+        if pad_to is not None:
+            file.truncate(pad_to)
+
+
+def _huge_sparse_adapter(tmp_path, declared):
+    folder = _small_peft_adapter(tmp_path)
+    module = PREFIX + "encoder.layer.0.attention.self.query" + SUFFIX
+    size = 2**31
+    if declared:
+        # Declares one spectrum filling the whole 2 GiB (never written).
+        header = {module: {"dtype": "F32", "shape": [2**29], "data_offsets": [0, 0]}}
+        header[module]["data_offsets"][1] = size
+        text = json.dumps(header).encode()
+        with open(folder / "adapter_model.safetensors", "wb") as file:
+            file.write(len(text).to_bytes(8, "little") + text)
+            file.truncate(8 + len(text) + size)
+    else:
+        _write_safetensors(
+            folder / "adapter_model.safetensors",
+            {module: ("F32", (12,), np.ones(12, "<f4").tobytes())},
+            pad_to=size,
+        )
+    return folder
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["declared", "trailing"])
+def test_huge_sparse_weights_file_is_refused_without_reading_it(tmp_path, declared):
+    import tracemalloc
+
+    folder = _huge_sparse_adapter(tmp_path, declared)
+    assert (folder / "adapter_model.safetensors").stat().st_size >= 2**31
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        with pytest.raises(ValueError, match="adapter_model.safetensors"):
+            read_peft_adapter(folder)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 2**20
+    assert time.perf_counter() - started < 5
+
+
+@pytest.mark.parametrize("dtype", ["F16", "BF16"])
+def test_half_precision_spectra_are_read_as_float32(tmp_path, dtype):
+    import safetensors.torch
+    import torch
+
+    folder = _small_peft_adapter(tmp_path)
+    tensors = safetensors.numpy.load_file(folder / "adapter_model.safetensors")
+    torch_dtype = torch.float16 if dtype == "F16" else torch.bfloat16
+    half = {k: torch.tensor(v).to(torch_dtype) for k, v in tensors.items()}
+    safetensors.torch.save_file(half, folder / "adapter_model.safetensors")
+    spectra = read_peft_adapter(folder)["spectra"]
+    for key, value in half.items():
+        module = key[len(PREFIX) : -len(SUFFIX)]
+        assert spectra[module].dtype == np.float32
+        np.testing.assert_array_equal(spectra[module], value.float().numpy())
+    model = _fresh_bert()
+    load_peft_adapter(model, folder)
+    assert len(fourier_layers(model)) == 4
+
+
+@pytest.mark.parametrize("shift", [2**32, -(2**32), 2**33, 2**64 - 2**32])
+def test_seeds_are_taken_modulo_2_32_as_torch_does(tmp_path, shift):
+    x = models.bert_inputs()
+    folder = _small_peft_adapter(tmp_path, seed=777)
+    expected = _fresh_bert()
+    load_peft_adapter(expected, folder)
+    _strip_metadata(folder)
+    _edit_config(folder, random_loc_seed=777 + shift)
+    model = _fresh_bert()
+    load_peft_adapter(model, folder)
+    assert {layer.seed for _, layer in fourier_layers(model)} == {777}
+    np.testing.assert_allclose(
+        _sequence_output(model, x), _sequence_output(expected, x), atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("seed", [2**64, -(2**63) - 1])
+def test_seeds_torch_refuses_name_the_config_field(tmp_path, seed):
+    folder = _small_peft_adapter(tmp_path)
+    _strip_metadata(folder)
+    _edit_config(folder, random_loc_seed=seed)
+    _assert_refused(folder, r"adapter_config.json.*random_loc_seed")

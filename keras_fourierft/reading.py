@@ -1,0 +1,239 @@
+"""Reading untrusted files: every declared size is checked before any data.
+
+One reader for every format this package loads. Each function takes the
+name the messages should give the file (the user's path, or e.g.
+`"model.keras/config.json"` for an archive member) and raises a
+`ValueError` naming it on anything malformed; none reads past a declared
+limit. Nothing here imports Keras.
+
+- `read_json(source, name, max_bytes)`: a JSON document from a path or an
+  open binary file (such as `zipfile.ZipFile.open(member)`), at most
+  `max_bytes` read.
+- `safetensors_header(path, name)` then `read_tensors(path, name, header,
+  keys)`: the header is checked (length, JSON, dtypes, shapes, offsets
+  against the file's size) before a single tensor byte is read, and only
+  the tensors asked for are read.
+- `check_hdf5_members(group, kind, damaged)` and `check_hdf5_dataset(data,
+  shape, kinds, damaged)`: HDF5 objects are hard links of the expected
+  kind, datasets are stored in the file itself with known filters, and
+  their declared size fits the file, before values are read.
+"""
+
+import json
+import math
+import os
+
+import h5py
+import numpy as np
+
+MAX_JSON_BYTES = 1 << 24
+_BFLOAT16 = "bfloat16"
+_DTYPES = {
+    "F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": _BFLOAT16,
+    "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
+    "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?",
+}  # fmt: skip
+
+
+def read_json(source, name, max_bytes=MAX_JSON_BYTES):
+    """Reads a JSON document of at most `max_bytes` bytes.
+
+    Args:
+        source: A path, or a binary file object open for reading.
+        name: How messages name the document.
+        max_bytes: Integer, the most bytes read.
+
+    Returns:
+        The parsed document.
+    """
+    try:
+        if isinstance(source, str | os.PathLike):
+            with open(source, "rb") as file:
+                data = file.read(max_bytes + 1)
+        else:
+            data = source.read(max_bytes + 1)
+    except OSError as error:
+        raise ValueError(f"Cannot read {name!r}: {error.strerror}.") from None
+    if len(data) > max_bytes:
+        raise ValueError(f"{name!r} is larger than {max_bytes} bytes.")
+    return _parse_json(data, name)
+
+
+def _parse_json(data, name):
+    try:
+        return json.loads(data.decode("utf-8"))
+    except ValueError as error:
+        raise ValueError(f"{name!r} is not valid JSON: {error}.") from None
+
+
+def safetensors_header(path, name):
+    """Reads and checks a safetensors header; reads no tensor data.
+
+    Args:
+        path: The file's path.
+        name: How messages name the file.
+
+    Returns:
+        A dict with `metadata` (a dict or `None`) and `tensors` (name ->
+        `(numpy dtype or "bfloat16", shape tuple, start, end)`, the byte
+        range in the file).
+    """
+    size = os.path.getsize(path)
+
+    def damaged(what):
+        return ValueError(
+            f"Cannot read {name!r}: {what}. The file is damaged or not a "
+            "safetensors file."
+        )
+
+    with open(path, "rb") as file:
+        length = int.from_bytes(file.read(8), "little")
+        if size < 8 or not 1 < length <= min(size - 8, MAX_JSON_BYTES):
+            raise damaged(f"its header declares {length} bytes")
+        try:
+            header = _parse_json(file.read(length), name)
+        except ValueError as error:
+            raise damaged(f"its header is not JSON ({error})") from None
+    if not isinstance(header, dict):
+        raise damaged("its header is not a JSON object")
+    metadata = header.pop("__metadata__", None)
+    tensors, start = {}, 8 + length
+    for key, entry in sorted(header.items(), key=_begin):
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        dtype = _DTYPES.get(entry.get("dtype")) if isinstance(entry, dict) else None
+        valid = dtype and _int_list(shape) and _int_list(offsets, 2)
+        itemsize = 2 if dtype == _BFLOAT16 else np.dtype(dtype or "u1").itemsize
+        if not valid or offsets[1] - offsets[0] != math.prod(shape) * itemsize:
+            raise damaged(f"tensor {key[:80]!r} is declared as {entry!r:.200}")
+        if 8 + length + offsets[0] != start:
+            raise damaged(f"tensor {key[:80]!r} does not follow the one before")
+        start = 8 + length + offsets[1]
+        tensors[key] = (dtype, tuple(shape), 8 + length + offsets[0], start)
+    if start != size:
+        raise damaged(f"its header describes {start} bytes, the file has {size}")
+    metadata = metadata if isinstance(metadata, dict) else None
+    return {"metadata": metadata, "tensors": tensors}
+
+
+def _begin(item):
+    offsets = item[1].get("data_offsets") if isinstance(item[1], dict) else None
+    return offsets[0] if _int_list(offsets, 2) else -1
+
+
+def _int_list(value, length=None):
+    return (
+        isinstance(value, list)
+        and (length is None or len(value) == length)
+        and all(type(v) is int and v >= 0 for v in value)
+    )
+
+
+def read_tensors(path, name, header, keys):
+    """Reads the tensors `keys` described by `safetensors_header`.
+
+    Half-precision values (float16, bfloat16) are returned as float32.
+
+    Args:
+        path: The file's path.
+        name: How messages name the file.
+        header: The result of `safetensors_header(path, name)`.
+        keys: The names of the tensors to read.
+
+    Returns:
+        A dict from name to numpy array.
+    """
+    result = {}
+    with open(path, "rb") as file:
+        for key in keys:
+            dtype, shape, start, end = header["tensors"][key]
+            file.seek(start)
+            data = file.read(end - start)
+            if len(data) != end - start:
+                raise ValueError(f"Cannot read {name!r}: the file was truncated.")
+            if dtype == _BFLOAT16:
+                bits = np.frombuffer(data, "<u2").astype("<u4") << 16
+                value = bits.view("<f4")
+            else:
+                value = np.frombuffer(data, dtype)
+                value = value.astype("float32" if dtype == "<f2" else dtype)
+            result[key] = value.reshape(shape)
+    return result
+
+
+def dtype_name(dtype):
+    """The numpy name of a dtype `safetensors_header` gives."""
+    return _BFLOAT16 if dtype == _BFLOAT16 else np.dtype(dtype).name
+
+
+# HDF5 filters allowed: deflate, shuffle, fletcher32 and h5py's lzf. None
+# expands data more than `_MAX_EXPANSION` times.
+_FILTERS = {h5py.h5z.FILTER_DEFLATE, h5py.h5z.FILTER_SHUFFLE}
+_FILTERS |= {h5py.h5z.FILTER_FLETCHER32, 32000}
+_MAX_EXPANSION = 1100
+_LAYOUTS = {h5py.h5d.COMPACT, h5py.h5d.CONTIGUOUS, h5py.h5d.CHUNKED}
+
+
+def check_hdf5_members(group, kind, damaged):
+    """A group's members by name, each checked to be a hard link to `kind`.
+
+    Args:
+        group: An `h5py.Group` (or `File`).
+        kind: `h5py.Group` or `h5py.Dataset`.
+        damaged: A function of a description returning the error to raise.
+
+    Returns:
+        A dict from name to member.
+    """
+    members = {}
+    where = f"group {group.name.lstrip('/')!r}" if group.name != "/" else "the file"
+    for key in group:
+        link = group.get(key, getlink=True)
+        if not isinstance(link, h5py.HardLink):
+            raise damaged(
+                f"{where} holds {type(link).__name__} {key!r}; links (to this "
+                "or other files) are not part of the format"
+            )
+        member = group[key]
+        if not isinstance(member, kind):
+            raise damaged(
+                f"{where} holds {type(member).__name__} {key!r} where the "
+                f"format has a {kind.__name__}"
+            )
+        members[key] = member
+    return members
+
+
+def check_hdf5_dataset(data, where, kinds, damaged):
+    """Checks a dataset's storage, type and declared size; reads no values.
+
+    Args:
+        data: An `h5py.Dataset`.
+        where: How messages name the dataset.
+        kinds: The numpy dtype kinds allowed (e.g. `"f"`).
+        damaged: A function of a description returning the error to raise.
+    """
+    plist = data.id.get_create_plist()
+    if plist.get_external_count():
+        raise damaged(f"{where} uses HDF5 external storage (another file)")
+    layout = plist.get_layout()
+    if layout not in _LAYOUTS:
+        what = "is a virtual dataset" if layout == h5py.h5d.VIRTUAL else "has"
+        raise damaged(f"{where} {what} (layout {layout}); its values are elsewhere")
+    filters = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
+    if set(filters) - _FILTERS:
+        raise damaged(f"{where} uses HDF5 filters {filters}")
+    if data.shape is None or data.dtype.kind not in kinds or data.dtype.itemsize > 8:
+        raise damaged(f"{where} holds {data.dtype} values of shape {data.shape}")
+    size = math.prod(data.shape) * data.dtype.itemsize
+    limit = os.path.getsize(data.file.filename) * (_MAX_EXPANSION if filters else 1)
+    chunks = plist.get_chunk() if layout == h5py.h5d.CHUNKED else ()
+    stored = data.id.get_storage_size()
+    too_big = size > limit or math.prod(chunks) * data.dtype.itemsize > max(
+        size, 1 << 20
+    )
+    if too_big or (not filters and stored < size):
+        raise damaged(
+            f"{where} declares {data.shape} {data.dtype} values ({size} bytes) "
+            f"but the file stores {stored} bytes for it"
+        )
