@@ -12,8 +12,6 @@ import numpy as np
 from keras_fourierft import reading
 from keras_fourierft.config import SPECTRUM_FIELDS
 from keras_fourierft.config import FourierFTConfig
-from keras_fourierft.config import check_finite
-from keras_fourierft.config import check_integer
 from keras_fourierft.config import check_positive_integer
 from keras_fourierft.distribution import host_value
 from keras_fourierft.distribution import is_writing_process
@@ -37,22 +35,14 @@ def save_fourierft_weights(model, filepath, include_trainable_weights=False):
     """Saves a model's FourierFT adapter to a `.weights.h5` file.
 
     The file holds the effective spectrum of every adapted layer (4 bytes
-    per coefficient) and what is needed to check it against a model later:
-    each layer's path and 2-D shape, `n_frequency`, `scaling`, seed and
-    sampling, and the package version. With `include_trainable_weights=True`
-    the model's other trainable weights (e.g. a task head) are stored too.
-
-    Saving is atomic: the file is written under a temporary name in the same
-    folder (which must be writable) and renamed over `filepath` only when
-    complete, so a failure never destroys a previous good file. The file
-    gets the mode of the file it replaces (a new one `0o666` less the
-    umask); a `filepath` that is a symbolic link keeps pointing to it.
-
-    Several processes (JAX, `jax.distributed.initialize`): only process 0
-    writes, reading the values it holds on its own devices (no collective);
-    the other processes check their arguments and return. Every saved value
-    must be whole on process 0 (a clear error says when a `LayoutMap` entry
-    splits the coefficients over processes).
+    per coefficient) with each layer's path, 2-D shape and settings, and,
+    with `include_trainable_weights=True`, the model's other trainable
+    weights (e.g. a task head). Saving is atomic (a temporary file in the
+    same folder, which must be writable, renamed over `filepath`): a failure
+    never destroys a previous file. The file keeps the mode of the file it
+    replaces (a new one `0o666` less the umask) and a symbolic link keeps
+    pointing to it. With several JAX processes only process 0 writes, from
+    the values on its own devices (no collective); the others return.
 
     Args:
         model: A model adapted with `enable_fourierft`.
@@ -369,12 +359,10 @@ def _layer_entry(data, damaged, where):
     if missing:
         raise damaged(f"the config of {where} lacks {missing}")
     try:
-        for field in ("in_features", "out_features", "n_frequency"):
+        for field in ("in_features", "out_features"):
             check_positive_integer(field, entry[field])
-        check_integer("seed", entry["seed"])
-        for field in ("scaling", "center_frequency", "bandwidth"):
-            if entry[field] is not None or field == "scaling":
-                check_finite(field, entry[field])
+        spectrum = {name: entry[name] for name in SPECTRUM_FIELDS}
+        FourierFTConfig.from_dict(spectrum, source="the settings")
     except ValueError as error:
         raise damaged(f"{where} has {error}") from None
     if entry["n_frequency"] > entry["in_features"] * entry["out_features"]:
@@ -382,8 +370,6 @@ def _layer_entry(data, damaged, where):
             f"{where} has n_frequency={entry['n_frequency']}, more than its "
             f"{entry['in_features']}x{entry['out_features']} weight has entries"
         )
-    if not isinstance(entry["sampling"], str):
-        raise damaged(f"{where} has sampling={entry['sampling']!r}")
     reading.check_hdf5_dataset(data, where, "f", damaged)
     if data.shape != (entry["n_frequency"],):
         raise damaged(

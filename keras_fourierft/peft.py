@@ -22,39 +22,31 @@ from keras_fourierft.config import check_finite
 from keras_fourierft.config import check_integer
 from keras_fourierft.config import check_positive_integer
 from keras_fourierft.distribution import is_writing_process
-from keras_fourierft.files import PEFT_CONFIG_NAME
-from keras_fourierft.files import PEFT_WEIGHTS_NAME
+from keras_fourierft.files import PEFT_CONFIG_NAME as CONFIG_NAME
+from keras_fourierft.files import PEFT_WEIGHTS_NAME as WEIGHTS_NAME
 from keras_fourierft.files import check_peft_pair
 from keras_fourierft.files import write_peft_folder
 from keras_fourierft.surgery import fourier_layers
 from keras_fourierft.surgery import walk_layers
 
-CONFIG_NAME = PEFT_CONFIG_NAME
-WEIGHTS_NAME = PEFT_WEIGHTS_NAME
 _KEY_PREFIX = "base_model.model."
 _KEY_SUFFIX = ".fourierft_spectrum"
 
 # transformers' BERT/RoBERTa module paths and the KerasHub layer paths they
 # correspond to; `{i}` is a block index, `{name:a|b}` one of the names listed.
+# fmt: off
 BERT_LAYER_MAP = (
-    (
-        "encoder.layer.{i}.attention.self.{name:query|key|value}",
-        "transformer_layer_{i}/self_attention_layer/{name:query|key|value}",
-    ),
-    (
-        "encoder.layer.{i}.attention.output.dense",
-        "transformer_layer_{i}/self_attention_layer/attention_output",
-    ),
-    (
-        "encoder.layer.{i}.intermediate.dense",
-        "transformer_layer_{i}/feedforward_intermediate_dense",
-    ),
-    (
-        "encoder.layer.{i}.output.dense",
-        "transformer_layer_{i}/feedforward_output_dense",
-    ),
+    ("encoder.layer.{i}.attention.self.{name:query|key|value}",
+     "transformer_layer_{i}/self_attention_layer/{name:query|key|value}"),
+    ("encoder.layer.{i}.attention.output.dense",
+     "transformer_layer_{i}/self_attention_layer/attention_output"),
+    ("encoder.layer.{i}.intermediate.dense",
+     "transformer_layer_{i}/feedforward_intermediate_dense"),
+    ("encoder.layer.{i}.output.dense",
+     "transformer_layer_{i}/feedforward_output_dense"),
     ("pooler.dense", "pooled_dense"),
 )
+# fmt: on
 
 
 def load_peft_adapter(model, path, layer_map=None, spectra_only=False):
@@ -90,10 +82,11 @@ def load_peft_adapter(model, path, layer_map=None, spectra_only=False):
     ```
     """
     adapter = read_peft_adapter(path)
-    if adapter["other_keys"] and not spectra_only:
+    others = adapter["other_keys"]
+    if others and not spectra_only:
         raise ValueError(
             f"The PEFT adapter at {os.fspath(path)!r} also stores weights "
-            f"other than FourierFT spectra ({_preview(adapter['other_keys'])}), "
+            f"other than FourierFT spectra ({', '.join(map(repr, others[:3]))}), "
             "e.g. trained biases or `modules_to_save`, which cannot be mapped "
             "to Keras layers. Pass `spectra_only=True` to load the spectra "
             "alone."
@@ -328,8 +321,7 @@ def _read_config(config_path):
 
 
 def _location_seed(config):
-    # torch seeds its generator with the seed modulo 2**32.
-    return int(config["random_loc_seed"]) % 2**32
+    return int(config["random_loc_seed"]) % 2**32  # as torch's generator
 
 
 # `n_frequency_pattern` keys come from the adapter folder and PEFT matches
@@ -441,18 +433,12 @@ def _entry(layer_path, layer, module, spectrum, config):
             f"layer {layer_path!r} has only {size} weights: the layer map "
             "pairs it with a layer of another shape."
         )
-    return {
-        "path": layer_path,
-        "in_features": in_features,
-        "out_features": out_features,
-        "n_frequency": int(spectrum.shape[0]),
-        "scaling": float(config["scaling"]),
-        "seed": _location_seed(config),
-        "sampling": "uniform",
-        "center_frequency": None,
-        "bandwidth": None,
-        "spectrum": spectrum,
-    }
+    return dict(
+        path=layer_path, in_features=in_features, out_features=out_features,
+        n_frequency=int(spectrum.shape[0]), scaling=float(config["scaling"]),
+        seed=_location_seed(config), sampling="uniform", center_frequency=None,
+        bandwidth=None, spectrum=spectrum,
+    )  # fmt: skip
 
 
 def _keras_path(module, layer_map, layers, model):
@@ -539,8 +525,3 @@ def _check_exportable(layers):
                 "adapter file cannot hold. Save it with "
                 "`save_fourierft_weights(..., include_trainable_weights=True)`."
             )
-
-
-def _preview(keys):
-    shown = ", ".join(repr(key) for key in keys[:3])
-    return shown + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
