@@ -49,6 +49,7 @@ def _sequence_output(backbone, x):
     return ops.convert_to_numpy(backbone(x)["sequence_output"])
 
 
+@pytest.mark.large
 def test_minilm_adapter_reproduces_peft_and_saves_back(tmp_path):
     io = np.load(FIXTURES / "minilm_fourierft_qv_io.npz")
     x = {k: io[k] for k in ("token_ids", "segment_ids", "padding_mask")}
@@ -418,6 +419,7 @@ def test_edits_to_other_config_fields_are_accepted(tmp_path):
         read_peft_adapter(folder)
 
 
+@pytest.mark.large
 def test_killed_saves_never_leave_a_mixed_folder(tmp_path):
     # Each child saves two different adapters (seed 0: spectra 0; seed 1:
     # spectra 1) into one folder in a loop until it is killed at a random
@@ -479,6 +481,7 @@ def _assert_refused(folder, message):
     assert not fourier_layers(model)
 
 
+@pytest.mark.large
 def test_pattern_key_with_catastrophic_backtracking_is_refused_quickly(tmp_path):
     # PEFT matches `re.match(rf".*\.{key}$", module)`: with this key and a
     # module ending in 30 a's and a `b`, that takes 2**30 steps (hours).
@@ -659,6 +662,7 @@ def _huge_sparse_adapter(tmp_path, declared):
     return folder
 
 
+@pytest.mark.large
 @pytest.mark.parametrize("declared", [True, False], ids=["declared", "trailing"])
 def test_huge_sparse_weights_file_is_refused_without_reading_it(tmp_path, declared):
     import tracemalloc
