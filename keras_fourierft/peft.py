@@ -200,22 +200,13 @@ def save_peft_adapter(
     for a `BertForSequenceClassification`). `target_modules` lists the
     exact modules, so PEFT adapts those and no others.
 
-    The two files are written completely under temporary names before
-    either is renamed into place, so a failure while writing (a full disk,
-    an error) leaves the previous adapter in `path` as it was. The weights
-    file records a digest of the config's settings in its metadata (PEFT
-    ignores it): a folder left with new weights and the old config by a
-    crash between the two renames is refused on load instead of loading
-    with the wrong settings. Other files in `path` are left alone.
-
-    Only the spectra are stored, as in PEFT with `bias="none"`: a task head
-    is not part of the file, and a model whose adapted layers train their
-    biases is refused (PEFT's file could not hold them; use
-    `save_fourierft_weights(..., include_trainable_weights=True)`).
-
-    Several processes (JAX): only process 0 writes, as
-    `save_fourierft_weights` does; the other processes return without
-    writing.
+    Both files are written completely before either is renamed into place,
+    so a failure leaves the previous adapter as it was; the weights record a
+    digest of the config (PEFT ignores it), so a folder left half-renamed by
+    a crash is refused on load. Only the spectra are stored (PEFT's
+    `bias="none"`): layers that train their biases, or two layers with the
+    same module name (e.g. two backbones), are refused. With several JAX
+    processes only process 0 writes.
 
     Args:
         model: A model adapted with `enable_fourierft` (uniform sampling, one

@@ -13,10 +13,10 @@ limit. Nothing here imports Keras.
   keys)`: the header is checked (length, JSON, dtypes, shapes, offsets
   against the file's size) before a single tensor byte is read, and only
   the tensors asked for are read.
-- `check_hdf5_members(group, kind, damaged)` and `check_hdf5_dataset(data,
-  shape, kinds, damaged)`: HDF5 objects are hard links of the expected
-  kind, datasets are stored in the file itself with known filters, and
-  their declared size fits the file, before values are read.
+- `check_hdf5_members(group, kind, damaged)`, `check_hdf5_dataset(data,
+  where, kinds, damaged)`: HDF5 members are hard links of the expected kind;
+  datasets are stored in the file itself with known filters and a declared
+  size that fits the file. `damaged(what)` returns the error to raise.
 """
 
 import json
@@ -42,9 +42,6 @@ def read_json(source, name, max_bytes=MAX_JSON_BYTES):
         source: A path, or a binary file object open for reading.
         name: How messages name the document.
         max_bytes: Integer, the most bytes read.
-
-    Returns:
-        The parsed document.
     """
     try:
         if isinstance(source, str | os.PathLike):
@@ -67,16 +64,12 @@ def _parse_json(data, name):
 
 
 def safetensors_header(path, name):
-    """Reads and checks a safetensors header; reads no tensor data.
-
-    Args:
-        path: The file's path.
-        name: How messages name the file.
+    """Checks a safetensors file's header; reads no tensor data.
 
     Returns:
         A dict with `metadata` (a dict or `None`) and `tensors` (name ->
-        `(numpy dtype or "bfloat16", shape tuple, start, end)`, the byte
-        range in the file).
+        `(dtype, shape, start, end)`: a numpy dtype or `"bfloat16"`, and
+        the byte range in the file).
     """
     size = os.path.getsize(path)
 
@@ -130,15 +123,7 @@ def _int_list(value, length=None):
 
 
 def read_tensors(path, name, header, keys):
-    """Reads the tensors `keys` described by `safetensors_header`.
-
-    Half-precision values (float16, bfloat16) are returned as float32.
-
-    Args:
-        path: The file's path.
-        name: How messages name the file.
-        header: The result of `safetensors_header(path, name)`.
-        keys: The names of the tensors to read.
+    """Reads the tensors `keys` (float16/bfloat16 as float32) of a file.
 
     Returns:
         A dict from name to numpy array.
@@ -175,16 +160,7 @@ _LAYOUTS = {h5py.h5d.COMPACT, h5py.h5d.CONTIGUOUS, h5py.h5d.CHUNKED}
 
 
 def check_hdf5_members(group, kind, damaged):
-    """A group's members by name, each checked to be a hard link to `kind`.
-
-    Args:
-        group: An `h5py.Group` (or `File`).
-        kind: `h5py.Group` or `h5py.Dataset`.
-        damaged: A function of a description returning the error to raise.
-
-    Returns:
-        A dict from name to member.
-    """
+    """A group's members by name, each checked to be a hard link to `kind`."""
     members = {}
     where = f"group {group.name.lstrip('/')!r}" if group.name != "/" else "the file"
     for key in group:
@@ -205,14 +181,7 @@ def check_hdf5_members(group, kind, damaged):
 
 
 def check_hdf5_dataset(data, where, kinds, damaged):
-    """Checks a dataset's storage, type and declared size; reads no values.
-
-    Args:
-        data: An `h5py.Dataset`.
-        where: How messages name the dataset.
-        kinds: The numpy dtype kinds allowed (e.g. `"f"`).
-        damaged: A function of a description returning the error to raise.
-    """
+    """Checks a dataset's storage, dtype kind and declared size; reads nothing."""
     plist = data.id.get_create_plist()
     if plist.get_external_count():
         raise damaged(f"{where} uses HDF5 external storage (another file)")
