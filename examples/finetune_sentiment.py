@@ -193,7 +193,9 @@ def fine_tune(method, seed, data, run_dir, epochs=3, batch_size=32, **settings):
     )
     epochs_run = len(history.history["loss"])
     seconds_per_epoch = (time.perf_counter() - start) / epochs_run
-    test = model.evaluate(**data["test"], batch_size=batch_size, return_dict=True)
+    test = model.evaluate(
+        **data["test"], batch_size=batch_size, verbose=0, return_dict=True
+    )
     adapter = save_adapter(method, model, run_dir)
     adapted = method in ("lora", "fourierft")
     return model, {

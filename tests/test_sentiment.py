@@ -35,12 +35,14 @@ def _env():
     return env
 
 
-def _run(*args):
+def _run(*args, code=None, timeout=900):
+    """Runs the harness (or the Python `code`) with `args`; checks it ends well."""
+    command = ["-c", code] if code else ["-m", "examples.sentiment"]
     result = subprocess.run(
-        [sys.executable, "-m", "examples.sentiment", *map(str, args)],
+        [sys.executable, *command, *map(str, args)],
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=timeout,
         cwd=ROOT,
         env=_env(),
     )
@@ -318,16 +320,12 @@ harness.main(sys.argv[1:])
 @pytest.mark.tensorflow_only
 def test_two_devices_train_with_mirrored_strategy(tmp_path):
     output = tmp_path / "out"
-    result = subprocess.run(
-        [sys.executable, "-c", TWO_DEVICE_RUN, "--quick"]
-        + ["--methods", "fourierft", "--devices", "2", "--output-dir", str(output)],
-        capture_output=True,
-        text=True,
+    result = _run(
+        *["--quick", "--methods", "fourierft", "--devices", "2"],
+        *["--output-dir", output],
+        code=TWO_DEVICE_RUN,
         timeout=300,
-        cwd=ROOT,
-        env=_env(),
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     described = "tf.distribute.MirroredStrategy over 2 virtual CPU devices"
     assert f"Training on {described}" in result.stdout
     results = json.loads((output / "results.json").read_text())
