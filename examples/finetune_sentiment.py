@@ -10,8 +10,8 @@ a fresh model, exports it for Hugging Face PEFT and merges it.
 
     python examples/finetune_sentiment.py [--quick]
 
-The README's table (three seeds, resumable, with its plot) comes from
-`python -m examples.sentiment`, a harness that runs the functions below.
+The README's table (three seeds, with its plot) comes from the harness
+`python -m examples.sentiment`, which runs the functions below.
 """
 
 import importlib.resources
@@ -121,8 +121,9 @@ METHODS = ("head", "lora", "fourierft", "full")
 LEARNING_RATES = {"head": 2e-3, "lora": 2e-3, "fourierft": 2e-3, "full": 5e-5}
 TARGETS = ["query", "value"]
 LORA_RANK = 8
-FOURIERFT = dict(n_frequency=1000, scaling=150.0, lr_multiplier=30.0)
-FOURIERFT.update(coefficient_initializer="zeros")
+FOURIERFT = dict(
+    n_frequency=1000, scaling=150.0, lr_multiplier=30.0, coefficient_initializer="zeros"
+)
 BEST_FILE = "fourierft_best.weights.h5"  # best epoch: coefficients + head
 COEFFICIENTS_FILE = "fourierft_coefficients.weights.h5"  # the adapter alone
 LORA_FILE = "adapter.lora.h5"
@@ -244,12 +245,8 @@ def accuracy(model, part):
 def main(quick=False, output="outputs/finetune_sentiment_guide"):
     output = pathlib.Path(output)
     data = tokenize(split(*load_lexicon(), quick=quick))
-    results = {}
     for method in METHODS:
-        _, results[method] = fine_tune(
-            method, 0, data, output / method, epochs=1 if quick else 3
-        )
-    for method, r in results.items():
+        _, r = fine_tune(method, 0, data, output / method, epochs=1 if quick else 3)
         print(
             f"{method}: test accuracy {r['test_accuracy']:.1%}, "
             f"{r['trainable_params']:,} trainable parameters"
