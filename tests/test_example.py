@@ -1,379 +1,115 @@
-"""The main job, `examples/finetune_sentiment.py`: quick runs, output folders,
-resuming, `--predict`, the PEFT export and the README's generated results."""
+"""The guide, `examples/finetune_sentiment.py`: its data split, its size and
+the public names it uses, and one `--quick` run end to end."""
 
-import importlib.util
+import ast
 import json
 import os
 import pathlib
-import shutil
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-import keras_fourierft
+from examples import finetune_sentiment as guide
 
 ROOT = pathlib.Path(__file__).parents[1]
-EXAMPLE = ROOT / "examples" / "finetune_sentiment.py"
-README_NAMES = ["head only", "Keras LoRA r=8", "FourierFT n=1000", "full fine-tuning"]
-LONG_TEXT = "I expected to hate this movie but in the end I truly loved it"
+GUIDE = ROOT / "examples" / "finetune_sentiment.py"
+# The public names the guide may use: those the 1.0 API keeps unchanged.
+STABLE_NAMES = {
+    "enable_fourierft",
+    "save_fourierft_weights",
+    "load_fourierft_weights",
+    "FourierFTCheckpoint",
+    "merge_fourierft",
+    "save_peft_adapter",
+    "load_model",
+}
 
 
-def _env():
-    env = dict(os.environ)
-    # The checkout's package, not an installed copy; and the script's own
-    # default log level, to check what a user sees.
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p]
-    )
-    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
-    return env
-
-
-def _run(*args):
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLE), *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=_env(),
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
-
-
-@pytest.fixture(scope="module")
-def example():
-    spec = importlib.util.spec_from_file_location("finetune_sentiment", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    """One `--quick` run with a PEFT export, shared by the tests below."""
-    folder = tmp_path_factory.mktemp("quick")
-    output, peft = folder / "out", folder / "peft"
-    result = _run("--quick", "--output-dir", output, "--export-peft", peft)
-    return output, peft, result
-
-
-@pytest.mark.tensorflow_only
-def test_quick_run_writes_results_and_reports(quick_run):
-    output, _, result = quick_run
-    results = json.loads((output / "results.json").read_text())
-    assert results["complete"] is True and results["settings"]["quick"] is True
-    assert results["environment"]["backend"] == "tensorflow"
-    methods = [row["method"] for row in results["summary"]]
-    assert methods == ["head", "lora", "fourierft", "full"]
-    by_method = {row["method"]: row for row in results["summary"]}
-    assert by_method["fourierft"]["adapter_params"] == 12 * 1000
-    assert 0 < by_method["fourierft"]["adapter_file_bytes"] < 100_000
-    assert (
-        by_method["lora"]["adapter_file_bytes"]
-        > 10 * (by_method["fourierft"]["adapter_file_bytes"])
-    )
-    for row in results["summary"]:
-        assert 0.0 <= row["median_test_accuracy"] <= 1.0
-    # Each run's result is on disk as it ends.
-    for method in methods:
-        saved = json.loads((output / f"{method}_seed0" / "result.json").read_text())
-        assert saved["settings"]["method"] == method
-        assert saved["result"] in results["runs"]
-    assert (output / "accuracy_vs_parameters.png").stat().st_size > 10_000
-    table = (output / "results.md").read_text()
-    assert "| FourierFT n=1000 (query, value) |" in table
-    printed = result.stdout
-    assert "| FourierFT n=1000 (query, value) |" in printed
-    # Progress: a line per run with its number, the elapsed time and the rest.
-    for k in range(1, 5):
-        assert f"run {k}/4 done:" in printed
-    first = next(line for line in printed.splitlines() if "run 1/4 done" in line)
-    assert "elapsed" in first and "left" in first
-    # The full fine-tuning backbone is measured, then not kept, and it says so.
-    assert by_method["full"]["adapter_file_bytes"] > 50_000_000
-    assert not (output / "full_seed0" / "backbone.weights.h5").exists()
-    assert "--keep-full-weights" in printed
-    # Where the outputs are and how big.
-    assert f"Outputs in {output}/" in printed and " MB)" in printed
-    assert f"--predict loads {output}/fourierft_seed0/fourierft_best" in printed
-    # No TensorFlow load lines, no Keras shuffle warning.
-    assert "oneDNN" not in result.stderr and "cuda drivers" not in result.stderr
-    assert "shuffle" not in result.stderr
-
-
-@pytest.mark.tensorflow_only
-def test_predict_names_the_file_and_warns_when_it_cuts(quick_run):
-    output, _, _ = quick_run
-    result = _run("--output-dir", output, "--predict", LONG_TEXT, "wonderful")
-    printed = result.stdout
-    assert f"{output}/fourierft_seed0/fourierft_best.weights.h5" in printed
-    assert "word/short-phrase polarity classifier" in printed
-    assert "--quick smoke run" in printed
-    answers = [line for line in printed.splitlines() if line.startswith("'")]
-    assert len(answers) == 2
-    assert answers[0].startswith(repr(LONG_TEXT)) and "'wonderful'" in answers[1]
-    assert all(("positive" in a) != ("negative" in a) for a in answers)
-    warnings = [line for line in result.stderr.splitlines() if "warning:" in line]
-    assert len(warnings) == 1, result.stderr
-    assert "14 word pieces" in warnings[0] and "8 dropped" in warnings[0]
-    assert "[CLS] i expected to hate this movie [SEP]" in warnings[0]
-
-
-@pytest.mark.tensorflow_only
-def test_exported_peft_adapter_gives_the_keras_model(quick_run, example):
-    import safetensors.numpy
-
-    output, peft, _ = quick_run
-    adapter = keras_fourierft.read_peft_adapter(peft)
-    assert adapter["config"]["n_frequency"] == 1000
-    assert sorted(adapter["spectra"]) == sorted(
-        f"bert.encoder.layer.{i}.attention.self.{name}"
-        for i in range(6)
-        for name in ("query", "value")
-    )
-    trained, _ = example.trained_classifier(output)
-    exported = example.build_classifier(seed=1)
-    keras_fourierft.load_peft_adapter(exported.backbone, peft)
-    head = safetensors.numpy.load_file(str(peft / "classifier.safetensors"))
-    assert head["weight"].shape == (2, 384)
-    exported.output_dense.kernel.assign(head["weight"].T)
-    exported.output_dense.bias.assign(head["bias"])
-    features = {
-        k: np.asarray(v) for k, v in example.preprocessor()(["lovely", ":("]).items()
+def test_guide_is_guide_sized_and_uses_only_stable_public_names():
+    source = GUIDE.read_text()
+    assert len(source.splitlines()) <= 300
+    used = {
+        node.attr
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "keras_fourierft"
     }
-    np.testing.assert_allclose(
-        exported.predict(features, verbose=0),
-        trained.predict(features, verbose=0),
-        atol=1e-4,
-    )
+    assert used == STABLE_NAMES - {"load_model"}
 
 
-def _fake_result(method, seed, accuracy=0.5):
-    return {
-        "method": method,
-        "seed": seed,
-        "test_accuracy": accuracy,
-        "best_val_accuracy": accuracy,
-        "trainable_params": 770,
-        "adapter_params": 0,
-        "adapter_file_bytes": 0,
-        "seconds_per_epoch": 0.1,
-        "epochs": 1,
-    }
-
-
-@pytest.mark.tensorflow_only
-def test_interrupted_job_resumes_and_skips_finished_runs(
-    example, tmp_path, monkeypatch, capsys
-):
-    output = tmp_path / "out"
-    argv = ["--quick", "--methods", "head", "lora", "--output-dir", str(output)]
-    real_run, calls = example.run, []
-
-    def interrupted_after_first(method, seed, *args):
-        calls.append((method, seed))
-        if len(calls) > 1:
-            raise KeyboardInterrupt
-        return real_run(method, seed, *args)
-
-    monkeypatch.setattr(example, "run", interrupted_after_first)
-    with pytest.raises(KeyboardInterrupt):
-        example.main(argv)
-    assert calls == [("head", 0), ("lora", 0)]
-    saved = json.loads((output / "head_seed0" / "result.json").read_text())
-    assert not (output / "lora_seed0" / "result.json").exists()
-    partial = json.loads((output / "results.json").read_text())
-    assert partial["complete"] is False and partial["runs"] == [saved["result"]]
-
-    def fake(method, seed, *args):
-        calls.append((method, seed))
-        return _fake_result(method, seed)
-
-    monkeypatch.setattr(example, "run", fake)
-    calls.clear()
-    capsys.readouterr()
-    example.main(argv)
-    assert calls == [("lora", 0)]
-    printed = capsys.readouterr().out
-    assert "run 1/2: head, seed 0: finished earlier" in printed
-    final = json.loads((output / "results.json").read_text())
-    assert final["complete"] is True
-    assert final["runs"][0] == saved["result"]
-    head_row = final["summary"][0]
-    assert head_row["median_test_accuracy"] == saved["result"]["test_accuracy"]
-    table = (output / "results.md").read_text()
-    assert "| head only |" in table and "| Keras LoRA r=8 (query, value) |" in table
-
-    # --redo reruns a finished run; so does a change of its settings.
-    calls.clear()
-    example.main(argv[:2] + ["head", "--redo", "--output-dir", str(output)])
-    assert calls == [("head", 0)]
-    calls.clear()
-    example.main(argv + ["--batch-size", "16"])
-    assert calls == [("head", 0), ("lora", 0)]
-    calls.clear()
-    example.main(argv + ["--batch-size", "16"])
-    assert calls == [("lora", 0)]  # LoRA's fake run left no adapter file
-
-
-def test_output_folders(example):
-    assert example.parse_args([]).output_dir == "outputs/finetune_sentiment"
-    quick = example.parse_args(["--quick"])
-    assert quick.output_dir == "outputs/finetune_sentiment_quick"
-    assert quick.seeds == [0] and quick.epochs == 1
-    predict = example.parse_args(["--quick", "--predict", "a", "b c"])
-    assert predict.output_dir == "outputs/finetune_sentiment"
-    assert predict.predict == ["a", "b c"]
-    assert example.parse_args(["--quick", "--output-dir", "x"]).output_dir == "x"
-
-
-def test_quick_run_refuses_a_full_runs_folder(example, tmp_path):
-    run_dir = tmp_path / "fourierft_seed0"
-    run_dir.mkdir()
-    files = {
-        tmp_path / "results.json": json.dumps({"settings": {"quick": False}}),
-        run_dir / "fourierft_best.weights.h5": "adapter",
-    }
-    for path, text in files.items():
-        path.write_text(text)
-    with pytest.raises(SystemExit, match="holds a full run"):
-        example.main(["--quick", "--output-dir", str(tmp_path)])
-    assert {p.read_text() for p in files} == set(files.values())
-    assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(
-        ["results.json", "fourierft_seed0", "fourierft_best.weights.h5"]
-    )
-
-
-def test_progress_estimate(example):
-    measured = {"head": [10.0], "lora": [30.0, 50.0]}
-    assert example.estimate_rest(measured, ["head", "lora", "full"]) == pytest.approx(
-        10 + 40 + 30
-    )
-    assert example.estimate_rest({}, ["head"]) is None
-    assert example.duration(59) == "59s" and example.duration(3725) == "1h02m"
-
-
-def test_readme_results_are_generated_from_the_recorded_run(example, tmp_path):
+def test_split_is_the_recorded_runs():
     recorded = json.loads(
         (ROOT / "docs" / "finetune_sentiment_results.json").read_text()
     )
-    section = example.readme_section(recorded)
-    readme = (ROOT / "README.md").read_text()
-    assert section in readme
-    assert "| FourierFT n=1000 (query, value) | 94.1% |" in section
-    rows = example.summarize(recorded["runs"])
-    docs_table = (ROOT / "docs" / "finetune_sentiment_results.md").read_text()
-    assert docs_table == example.markdown_table(rows, recorded["settings"]) + "\n"
-    # Publishing the same results again changes nothing in the README.
-    shutil.copytree(ROOT / "docs", tmp_path / "docs")
-    shutil.copyfile(ROOT / "README.md", tmp_path / "README.md")
-    drawn = example.publish(
-        tmp_path / "docs" / "finetune_sentiment_results.json", tmp_path
-    )
-    assert (tmp_path / "README.md").read_text() == readme
-    assert drawn["legend"] == README_NAMES
-    assert drawn["labels"][2] == "94.1%, 12,770 params"
-    assert drawn["inside"] and not drawn["overlap"]
-
-
-def test_publish_refuses_a_quick_run(example, tmp_path):
-    results = tmp_path / "results.json"
-    results.write_text(json.dumps({"settings": {"quick": True}, "runs": []}))
-    with pytest.raises(SystemExit, match="quick"):
-        example.publish(results, tmp_path)
-
-
-def test_predict_without_training_explains(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLE), "--output-dir", str(tmp_path), "--predict", "x"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=_env(),
-    )
-    assert result.returncode != 0
-    assert "Train first" in result.stderr
-
-
-# A child process runs the example's `main` on 2 devices with the --quick
-# splits cut to a few batches (the last one partial), to stay short.
-TWO_DEVICE_RUN = """
-import importlib.util, sys
-spec = importlib.util.spec_from_file_location("finetune_sentiment", sys.argv[1])
-example = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(example)
-full_split = example.split
-sizes = {"train": 70, "validation": 40, "test": 40}
-
-def split(words, labels, quick):
-    parts = full_split(words, labels, quick)
-    return {
-        name: (words[: sizes[name]], labels[: sizes[name]])
-        for name, (words, labels) in parts.items()
+    words, labels = guide.load_lexicon()
+    # 7,519 lexicon entries, 6,817 of them with |mean rating| >= 0.5.
+    assert len(words) == len(labels) == 6817
+    assert set(np.unique(labels)) == {0, 1}
+    parts = guide.split(words, labels)
+    sizes = {name: len(part[1]) for name, part in parts.items()}
+    assert sizes == recorded["splits"]
+    again = guide.split(words, labels)
+    for name, (part_words, part_labels) in parts.items():
+        np.testing.assert_array_equal(again[name][0], part_words)
+        np.testing.assert_array_equal(again[name][1], part_labels)
+    # The three parts are the whole lexicon, each item once.
+    together = np.concatenate([part[0] for part in parts.values()])
+    np.testing.assert_array_equal(np.sort(together), np.sort(words))
+    quick = guide.split(words, labels, quick=True)
+    assert {name: len(part[1]) for name, part in quick.items()} == {
+        "train": 512,
+        "validation": 128,
+        "test": 256,
     }
-
-example.split = split
-example.main(sys.argv[2:])
-"""
+    np.testing.assert_array_equal(quick["train"][0], parts["train"][0][:512])
+    np.testing.assert_array_equal(quick["test"][0], parts["test"][0][:256])
 
 
+def _percent(line):
+    return float(re.search(r"test accuracy ([\d.]+)%", line).group(1))
+
+
+@pytest.mark.large
 @pytest.mark.tensorflow_only
-def test_two_devices_train_with_mirrored_strategy(tmp_path):
-    output = tmp_path / "out"
+def test_guide_quick_run_trains_saves_reloads_exports_and_merges(tmp_path):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p]
+    )
     result = subprocess.run(
-        [sys.executable, "-c", TWO_DEVICE_RUN, str(EXAMPLE), "--quick"]
-        + ["--methods", "fourierft", "--devices", "2", "--output-dir", str(output)],
+        [sys.executable, str(GUIDE), "--quick"],
         capture_output=True,
         text=True,
-        timeout=300,
-        env=_env(),
+        timeout=900,
+        cwd=tmp_path,
+        env=env,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    described = "tf.distribute.MirroredStrategy over 2 virtual CPU devices"
-    assert f"Training on {described}" in result.stdout
-    results = json.loads((output / "results.json").read_text())
-    assert results["complete"] is True
-    assert results["environment"]["devices"] == described
-    assert results["splits"] == {"train": 70, "validation": 40, "test": 40}
-    (run,) = results["runs"]
-    assert run["method"] == "fourierft" and 0.0 <= run["test_accuracy"] <= 1.0
-    saved = json.loads((output / "fourierft_seed0" / "result.json").read_text())
-    assert saved["settings"]["devices"] == 2
-    # The coefficients start at zero: trained ones are not, and finite.
-    adapter = output / "fourierft_seed0" / "fourierft_coefficients.weights.h5"
-    layers = keras_fourierft.adapters._read_adapter_file(adapter)["layers"]
-    assert len(layers) == 12
-    spectra = np.concatenate([layer["spectrum"] for layer in layers])
-    assert np.isfinite(spectra).all() and np.abs(spectra).max() > 1e-4
-    assert (output / "fourierft_seed0" / "fourierft_best.weights.h5").is_file()
-    assert (output / "accuracy_vs_parameters.png").is_file()
-
-
-def test_padding_for_even_shards(example):
-    features = {"token_ids": np.arange(10).reshape(5, 2)}
-    labels = np.array([0, 1, 1, 0, 1])
-    assert example.fit_arrays((features, labels), 1) == {"x": features, "y": labels}
-    padded = example.fit_arrays((features, labels), 4)
-    np.testing.assert_array_equal(padded["y"], [0, 1, 1, 0, 1, 0, 0, 0])
-    np.testing.assert_array_equal(padded["x"]["token_ids"][5:], [[0, 1]] * 3)
-    np.testing.assert_array_equal(padded["sample_weight"], [1] * 5 + [0] * 3)
-
-
-def test_jax_host_devices_are_requested_before_jax_starts(example, monkeypatch):
-    monkeypatch.setenv("KERAS_BACKEND", "jax")
-    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
-    example._request_jax_host_devices(["--quick", "--devices", "3"])
-    assert os.environ["XLA_FLAGS"] == (
-        "--xla_cpu_enable_fast_math=false --xla_force_host_platform_device_count=3"
-    )
-    for backend, argv in [("jax", ["--devices", "1"]), ("tensorflow", ["--devices=3"])]:
-        monkeypatch.setenv("KERAS_BACKEND", backend)
-        monkeypatch.delenv("XLA_FLAGS", raising=False)
-        example._request_jax_host_devices(argv)
-        assert "XLA_FLAGS" not in os.environ
-    monkeypatch.setenv("KERAS_BACKEND", "jax")
-    example._request_jax_host_devices(["--devices=2"])
-    assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2"
+    lines = result.stdout.splitlines()
+    methods = {}
+    for method in guide.METHODS:
+        (line,) = [x for x in lines if x.startswith(f"{method}: test accuracy")]
+        methods[method] = line
+    assert "12,770 trainable parameters" in methods["fourierft"]
+    assert methods["head"].endswith(", 770 trainable parameters")
+    (reloaded,) = [x for x in lines if x.startswith("Reloaded ")]
+    (merged,) = [x for x in lines if x.startswith("Merged: ")]
+    # The reloaded adapter is the best epoch's: the trained model's accuracy.
+    assert _percent(reloaded) == _percent(methods["fourierft"])
+    assert abs(_percent(merged) - _percent(reloaded)) <= 0.5
+    output = tmp_path / "outputs" / "finetune_sentiment_guide"
+    fourierft = output / "fourierft"
+    assert 0 < (fourierft / guide.COEFFICIENTS_FILE).stat().st_size < 100_000
+    assert (fourierft / guide.BEST_FILE).stat().st_size > (
+        fourierft / guide.COEFFICIENTS_FILE
+    ).stat().st_size
+    assert (output / "lora" / guide.LORA_FILE).stat().st_size > 10 * (
+        fourierft / guide.COEFFICIENTS_FILE
+    ).stat().st_size
+    config = json.loads((output / "peft" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "FOURIERFT" and config["n_frequency"] == 1000
+    assert (output / "peft" / "adapter_model.safetensors").is_file()
