@@ -12,6 +12,9 @@ Keras.
 
 import contextlib
 import functools
+import types
+
+from keras import ops
 
 
 @contextlib.contextmanager
@@ -70,3 +73,64 @@ def set_layer_class(layer, cls):
             method(mode=config.mode, config=config, **kwargs)
 
     layer.quantize = quantize_wrapper
+
+
+def give_logits_an_input_gradient(layer):
+    """Gives an int8 `ReversibleEmbedding`'s logits a straight-through gradient.
+
+    Keras's int8 `ReversibleEmbedding` computes logits (`layer(x,
+    reverse=True)`) from an int8-quantized `x`; the rounding has no gradient,
+    so the gradient reaching every layer below it (the adapters of a causal
+    LM whose token embedding is also the output projection) is wrong. This
+    replaces the instance's `_int8_call` by one with the same outputs whose
+    input gradient is that of the dequantized float matmul, as Keras's int8
+    `Dense` does. Calls that do not reverse are unchanged. It applies to the
+    layer quantized now or later; `copy.deepcopy` rebinds it to the copy.
+
+    Args:
+        layer: A `keras.layers.ReversibleEmbedding`.
+    """
+    layer._int8_call = types.MethodType(_straight_through_int8_call, layer)
+
+
+def _straight_through_int8_call(layer, inputs, reverse=False):
+    if not reverse:
+        return type(layer)._int8_call(layer, inputs)
+    if layer.tie_weights:
+        table, scale = layer._embeddings, layer.embeddings_scale
+    else:
+        table = ops.transpose(layer.reverse_embeddings)
+        scale = layer.reverse_embeddings_scale
+    return _int8_logits(layer, inputs, ops.convert_to_tensor(table), scale)
+
+
+def _int8_logits(layer, inputs, table, scale):
+    # The forward computation is that of Keras's
+    # `ReversibleEmbedding._int8_call`; `table` is `(vocabulary, features)`.
+    dtype = layer.compute_dtype
+    cap = layer.logit_soft_cap
+
+    @ops.custom_gradient
+    def logits_of(x, table, scale):
+        if layer.inputs_quantizer:
+            quantized, x_scale = layer.inputs_quantizer(x)
+        else:
+            quantized, x_scale = x, ops.ones((1,), dtype=dtype)
+        logits = ops.matmul(quantized, ops.transpose(table))
+        logits = ops.divide(ops.cast(logits, dtype), ops.multiply(x_scale, scale))
+        if cap is not None:
+            logits = ops.multiply(ops.tanh(ops.divide(logits, cap)), cap)
+
+        def grad(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            if cap is not None:
+                upstream = upstream * (1.0 - ops.square(ops.divide(logits, cap)))
+            float_table = ops.divide(
+                ops.cast(table, dtype), ops.expand_dims(ops.cast(scale, dtype), -1)
+            )
+            return ops.matmul(upstream, float_table), None, None
+
+        return logits, grad
+
+    return logits_of(inputs, table, ops.convert_to_tensor(scale))

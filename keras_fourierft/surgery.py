@@ -274,6 +274,7 @@ def enable_fourierft(
         layer.model_path = path
         adapted.append((path, layer))
     _freeze(model, bias, keep)
+    _straight_through_logits(walk)
     reset_compiled_functions(model)
     summary = _summarize(model, adapted)
     if verbose:
@@ -315,6 +316,14 @@ def enable_fourierft_on_paths(model, configs, source="The adapters"):
         n_frequency_pattern=patterns,
         **values,
     )
+
+
+def _straight_through_logits(walk):
+    # Keras's int8 reversible embedding (a causal LM's output projection)
+    # gives its logits no input gradient; see keras_internals.
+    for _, layer in walk:
+        if isinstance(layer, keras.layers.ReversibleEmbedding):
+            keras_internals.give_logits_an_input_gradient(layer)
 
 
 def default_target_layer_names(model):

@@ -39,3 +39,24 @@ def test_set_layer_class_rewraps_quantize():
     layer.quantize("int8")
     assert layer.quantization_mode == "int8"
     assert layer(np.ones((1, 8), "float32")).shape == (1, 4)
+
+
+def test_straight_through_logits_follow_the_layer_through_deepcopy():
+    import copy
+
+    layer = keras.layers.ReversibleEmbedding(16, 4)
+    layer.build()
+    layer.quantize("int8")
+    keras_internals.give_logits_an_input_gradient(layer)
+    twin = copy.deepcopy(layer)
+    assert twin._int8_call.__self__ is twin
+    twin._embeddings.assign(np.zeros((16, 4), "int8"))
+    x = np.ones((2, 4), "float32")
+    assert np.abs(keras.ops.convert_to_numpy(layer(x, reverse=True))).max() > 0
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(twin(x, reverse=True)), 0)
+    # Lookups (not reversed) are Keras's own.
+    ids = np.array([[1, 2]])
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(layer(ids)),
+        keras.ops.convert_to_numpy(type(layer)._int8_call(layer, ids)),
+    )
