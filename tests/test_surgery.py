@@ -268,6 +268,7 @@ def test_vit_backbone():
     np.testing.assert_allclose(ops.convert_to_numpy(model(x)), expected, atol=1e-5)
 
 
+@pytest.mark.large
 def test_real_minilm_fit_counts_and_adapter_size(tmp_path):
     import importlib.util
     import pathlib
