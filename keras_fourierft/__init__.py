@@ -43,15 +43,20 @@ __all__ = [
 
 def _adapt_layer(layer, config=None, **settings):
     """0.2's `adapt_layer`: adapts one layer in place and returns it."""
-    if config is not None and settings:
+    from keras_fourierft import surgery
+
+    if config is None:
+        config = FourierFTConfig(**settings)
+    elif settings:
         raise ValueError("Pass either `config` or settings, not both.")
-    enable_fourierft(layer, config, **settings)
-    return layer
+    return surgery.adapt_in_place(layer, config)
 
 
 def _remove_adapter(layer, merge=True):
     """0.2's `remove_adapter`: unloads one layer's adapter and returns it."""
-    return unload_fourierft(layer, merge=merge)
+    from keras_fourierft import surgery
+
+    return surgery.remove_in_place(layer, merge=merge)
 
 
 def _fourier_layers(model):

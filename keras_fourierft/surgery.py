@@ -192,7 +192,9 @@ def _make_config(config, overrides):
 
 
 def _check_model(model):
-    if not isinstance(model, keras.layers.Layer):
+    if not isinstance(model, keras.layers.Layer) or not (
+        isinstance(model, keras.Model) or keras_internals.child_layers(model)
+    ):
         raise TypeError(
             "enable_fourierft expects a Keras model or a Dense/EinsumDense "
             f"layer. Received: {type(model).__name__}."
