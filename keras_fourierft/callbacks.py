@@ -13,12 +13,10 @@ class FourierFTCheckpoint(keras.callbacks.ModelCheckpoint):
     """Saves the FourierFT adapter file during `fit`, like `ModelCheckpoint`.
 
     Writes adapter files (`save_fourierft_weights`: kilobytes, atomically)
-    instead of the model, with `ModelCheckpoint`'s arguments: `save_freq`
-    (every epoch or every N batches), `save_best_only` with `mode` and
-    `initial_value_threshold`, and `filepath` fields such as `{epoch:02d}`,
-    `{batch}` and `{val_loss:.3f}`; a field the logs do not have raises a
-    `ValueError` naming it. Works with `EarlyStopping`, `ReduceLROnPlateau`
-    and `BackupAndRestore`.
+    instead of the model, with `ModelCheckpoint`'s `save_freq`,
+    `save_best_only`, `mode`, `initial_value_threshold` and `filepath`
+    fields (`{epoch:02d}`, `{batch}`, `{val_loss:.3f}`); a field the logs do
+    not have raises a `ValueError` naming it.
 
     Args:
         filepath: Path ending in `.weights.h5`, optionally with fields.
@@ -111,10 +109,7 @@ class FourierFTCheckpoint(keras.callbacks.ModelCheckpoint):
         )
         self.last_saved = filepath
         if self.verbose > 0:
-            when = f"Epoch {epoch + 1}" + (
-                f", batch {batch + 1}" if batch is not None else ""
-            )
-            print(f"\n{when}: FourierFT adapter saved to {filepath}")
+            print(f"\nEpoch {epoch + 1}: FourierFT adapter saved to {filepath}")
 
     def _improved(self, logs, batch):
         when = "epoch" if batch is None else "batch"

@@ -2,7 +2,6 @@
 
 import json
 import os
-import warnings
 import zipfile
 
 import keras
@@ -19,17 +18,16 @@ _MAX_RECORDS = 100_000
 def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
     """Loads a `.keras` file saved (with `model.save`) from an adapted model.
 
-    Every adapted layer saves a small `fourierft.json` record (its settings
-    and on/off state) among the file's assets, in the directory Keras names
-    after the layer's place in the model. KerasHub backbones and task
-    models, subclassed models and layers that build their sublayers
-    themselves (e.g. `MultiHeadAttention`) rebuild plain layers from their
-    config; this function re-adapts the recorded layers, compiles the model
-    from its saved compile config (so the optimizer state is restored, as
-    `keras.saving.load_model` does), then loads all weights. It works for
-    every adapted model; `keras.saving.load_model` only for those whose
-    config lists every adapted layer (Sequential and Functional models whose
-    adapted layers are their own layers).
+    Each adapted layer saves a `fourierft.json` record (settings, on/off
+    state) in the asset directory Keras names after the layer's place in
+    the model. This rebuilds the model, re-adapts the recorded layers that
+    came back plain (KerasHub models, `MultiHeadAttention` projections,
+    subclassed models), compiles it from its saved compile config (so the
+    optimizer state loads, as in `keras.saving.load_model`) and loads all
+    weights. Trainability follows `enable_fourierft`'s default rule
+    (re-apply `trainable_layers` or `bias` choices before training on).
+    `keras.saving.load_model` restores only models whose config lists every
+    adapted layer (their own layers of Sequential/Functional).
 
     Args:
         filepath: Path of a `.keras` file.
@@ -56,7 +54,7 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
             "`model.save('name.keras')`."
         )
     with zipfile.ZipFile(path) as archive:
-        config = _read_json(archive, "config.json", path, limit=None)
+        config = _json(_read(archive, "config.json", path), f"{path!r} config.json")
         records = _read_records(archive, path)
     if not isinstance(config, dict):
         raise ValueError(f"{path!r}: config.json does not hold a model config.")
@@ -67,56 +65,31 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
         )
     if config.get("build_config") and not model.built:
         model.build_from_config(config["build_config"])
-    layers = _recorded_layers(model, records, path)
-    surgery._adapt_layers(
-        model, {layer: records[at][0] for at, layer in layers.items()}
-    )
+    objects = keras_internals.saved_object_paths(model)
+    layers = {at: objects.get(at) for at in records}
+    for at, layer in layers.items():
+        if not isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense)):
+            raise ValueError(
+                f"{path!r} holds a FourierFT record for {at!r}, which is not a "
+                "Dense/EinsumDense layer of its model: the file is damaged."
+            )
+    if records:
+        surgery._adapt_layers(model, {layers[at]: records[at][0] for at in records})
     if compile and config.get("compile_config"):
-        _compile(model, config["compile_config"])
+        # As `Model.compile_from_config`, also for KerasHub tasks (their own
+        # `compile` takes Keras's arguments), so the optimizer state loads.
+        model.compile(**keras.saving.deserialize_keras_object(config["compile_config"]))
+        model.optimizer.build(model.trainable_variables)
     model.load_weights(path)
     for at, layer in layers.items():
         layer.adapter_enabled = records[at][1]
     return model
 
 
-def _recorded_layers(model, records, path):
-    """`{record path: layer}`, each a Dense/EinsumDense of `model`."""
-    objects = keras_internals.saved_object_paths(model)
-    layers = {}
-    for at in records:
-        layer = objects.get(at)
-        if not isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense)):
-            raise ValueError(
-                f"{path!r} holds a FourierFT record for {at!r}, which is not a "
-                "Dense/EinsumDense layer of the model the file describes. "
-                "The file is damaged or was edited."
-            )
-        layers[at] = layer
-    return layers
-
-
-def _compile(model, compile_config):
-    # As `Model.compile_from_config`, also for models with their own
-    # `compile` (KerasHub tasks) that take Keras's arguments.
-    try:
-        model.compile(**keras.saving.deserialize_keras_object(compile_config))
-    except TypeError as error:
-        warnings.warn(
-            f"The model was not compiled ({error}); call `compile()` after "
-            "loading. Its optimizer state was not restored.",
-            stacklevel=3,
-        )
-        return
-    model.optimizer.build(model.trainable_variables)
-
-
 def _write_record(layer, dir_path):
     """Writes an adapted layer's record into its `.keras` asset directory."""
-    record = {
-        "keras_fourierft": 1,
-        "config": layer.fourierft_config.to_dict(),
-        "enabled": layer.adapter_enabled,
-    }
+    config = layer.fourierft_config.to_dict()
+    record = {"keras_fourierft": 1, "config": config, "enabled": layer.adapter_enabled}
     with open(os.path.join(dir_path, _RECORD), "w") as file:
         json.dump(record, file)
 
@@ -133,51 +106,41 @@ def _read_record_file(dir_path):
 
 
 def _parse_record(data, source):
-    try:
-        record = json.loads(data)
-    except ValueError as error:
-        raise ValueError(f"{source}: not a FourierFT record ({error}).") from None
-    if not isinstance(record, dict):
-        raise ValueError(f"{source}: not a FourierFT record.")
-    enabled = record.get("enabled", True)
+    record = _json(data, source)
+    enabled = record.get("enabled", True) if isinstance(record, dict) else None
     if not isinstance(enabled, bool):
-        raise ValueError(f"{source}: `enabled` is {enabled!r}, not true/false.")
+        raise ValueError(f"{source}: not a FourierFT record (or `enabled` not a bool).")
     return FourierFTConfig.from_dict(record.get("config"), source=source), enabled
 
 
 def _read_records(archive, path):
     """`{asset path: (config, enabled)}` of a `.keras` archive's records."""
-    suffix = "/" + _RECORD
-    names = [
-        n for n in archive.namelist() if n.startswith("assets/") and n.endswith(suffix)
-    ]
+    names = [n for n in archive.namelist() if n.endswith("/" + _RECORD)]
     if len(names) > _MAX_RECORDS:
         raise ValueError(f"{path!r} holds too many FourierFT records.")
     return {
-        name[len("assets/") : -len(suffix)]: _parse_record(
-            _read_json_bytes(archive, name, path, _MAX_RECORD_BYTES),
-            f"{path!r} ({name})",
+        name.removeprefix("assets/")[: -len(_RECORD) - 1]: _parse_record(
+            _read(archive, name, path, _MAX_RECORD_BYTES), f"{path!r} ({name})"
         )
         for name in names
+        if name.startswith("assets/")
     }
 
 
-def _read_json(archive, name, path, limit):
-    data = _read_json_bytes(archive, name, path, limit)
+def _read(archive, name, path, limit=None):
+    try:
+        info = archive.getinfo(name)
+        if limit is not None and info.file_size > limit:
+            raise ValueError(f"{path!r}: {name} is larger than {limit} bytes.")
+        return archive.read(name)
+    except KeyError:
+        raise ValueError(f"{path!r} has no {name}; it is not a .keras file.") from None
+    except (zipfile.BadZipFile, OSError) as error:
+        raise ValueError(f"{path!r}: cannot read {name}: {error}") from None
+
+
+def _json(data, source):
     try:
         return json.loads(data)
     except ValueError as error:
-        raise ValueError(f"{path!r}: cannot read {name}: {error}") from None
-
-
-def _read_json_bytes(archive, name, path, limit):
-    try:
-        info = archive.getinfo(name)
-    except KeyError:
-        raise ValueError(f"{path!r} has no {name}; it is not a .keras file.") from None
-    if limit is not None and info.file_size > limit:
-        raise ValueError(f"{path!r}: {name} is larger than {limit} bytes.")
-    try:
-        return archive.read(name)
-    except (zipfile.BadZipFile, OSError) as error:
-        raise ValueError(f"{path!r}: cannot read {name}: {error}") from None
+        raise ValueError(f"{source}: not valid JSON ({error}).") from None

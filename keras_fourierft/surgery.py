@@ -409,10 +409,11 @@ def _enable_on_paths(model, configs, source="The adapters"):
 
 
 def _adapt_layers(model, configs):
-    """Adapts the not yet adapted layers of `{layer: config}` (zero init).
+    """Adapts the not yet adapted layers of `{layer: config}` (zero init),
+    then applies the default freezing rule to the whole model.
 
     Returns:
-        A `FourierFTSummary`, or None if there was nothing to adapt.
+        A `FourierFTSummary` of the layers adapted here.
     """
     paths = {id(layer): path for path, layer in _walk_layers(model)}
     plans = {}
@@ -422,8 +423,6 @@ def _adapt_layers(model, configs):
             config = config.replace(coefficient_initializer="zeros")
             _check_layer(layer, path, config)
             plans[layer] = (path, config)
-    if not plans:
-        return None
     return _adapt_model(model, plans, _check_selection(model, target_paths=[]))
 
 

@@ -121,6 +121,8 @@ class PublicApiTest(testing.TestCase):
             keras_fourierft.set_fourierft_enabled(layer, "no")
         with self.assertRaisesRegex(ValueError, "no FourierFT adapters"):
             keras_fourierft.merge_fourierft(layer)
+        with self.assertRaisesRegex(TypeError, "Dense/EinsumDense"):
+            keras_fourierft.enable_fourierft(keras.layers.Conv1D(3, 2))
         self.assertIs(type(layer), keras.layers.Dense)
 
 

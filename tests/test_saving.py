@@ -1,4 +1,5 @@
 import os
+import zipfile
 
 import keras
 import keras_hub
@@ -191,6 +192,10 @@ class KerasFileTest(testing.TestCase):
         )
         self.assertAllClose(restored.predict(x, verbose=0), expected, atol=1e-5)
 
+    # Open (#18 item 15): a KerasHub int4 layer rebuilt from its config gets
+    # no `quantization_config`, so its own `save_own_variables` counts 4
+    # entries where the saved sub-channel layer wrote 5 (`kernel_zero`).
+    @pytest.mark.xfail(strict=True, reason="#18 item 15, int4 entry count")
     @pytest.mark.filterwarnings("ignore:Layer InputLayer does not have:UserWarning")
     def test_int4_quantized_kerashub_backbone_round_trips(self):
         model = models.bert_backbone()
@@ -237,6 +242,21 @@ class KerasFileTest(testing.TestCase):
         self.assertAllClose(restored(x)["sequence_output"], expected, atol=1e-5)
         with self.assertRaisesRegex(ValueError, "Layer 'query' expected"):
             keras.saving.load_model(path)
+
+    def test_a_record_for_no_dense_layer_is_refused(self):
+        model = models.functional()
+        enable_fourierft(model, target_layer_names=["query"], n_frequency=4)
+        path = os.path.join(self.get_temp_dir(), "model.keras")
+        model.save(path)
+        edited = os.path.join(self.get_temp_dir(), "edited.keras")
+        with zipfile.ZipFile(path) as source, zipfile.ZipFile(edited, "w") as target:
+            for name in source.namelist():
+                data = source.read(name)
+                if name.endswith("/fourierft.json"):
+                    name = "assets/layers/input_layer/fourierft.json"
+                target.writestr(name, data)
+        with self.assertRaisesRegex(ValueError, "edited.keras.*input_layer.*damaged"):
+            keras_fourierft.load_model(edited)
 
     def test_load_model_names_a_missing_file(self):
         path = os.path.join(self.get_temp_dir(), "missing.keras")
