@@ -78,11 +78,17 @@ class WeightDecayAndClippingTest(testing.TestCase):
 
     def test_excluded_coefficients_do_not_decay(self):
         layer = _adapted_dense(DEFAULT_LR_MULTIPLIER)
+        other = keras.Variable(np.ones(3, "float32"), name="other")
         optimizer = keras.optimizers.AdamW(learning_rate=0.01, weight_decay=2.0)
         optimizer.exclude_from_weight_decay(var_names=["coefficients"])
-        zeros = keras.ops.zeros((6,), "float32")
-        optimizer.apply_gradients([(zeros, layer.coefficients)])
+        optimizer.apply_gradients(
+            [
+                (keras.ops.zeros((6,), "float32"), layer.coefficients),
+                (keras.ops.zeros((3,), "float32"), other),
+            ]
+        )
         self.assertAllClose(_spectrum(layer), np.ones(6), atol=0)
+        self.assertAllClose(other, np.full(3, 0.98), atol=1e-6)
 
     def test_stored_gradients_scale_with_the_multiplier(self):
         x = np.random.default_rng(0).normal(size=(4, 8)).astype("float32")
