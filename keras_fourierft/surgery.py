@@ -15,6 +15,7 @@ import keras
 
 from keras_fourierft import distribution
 from keras_fourierft import keras_internals
+from keras_fourierft.config import DEFAULT_LR_MULTIPLIER  # noqa: F401 (examples)
 from keras_fourierft.config import FourierFTConfig
 
 # The layer module's in-place primitives (`adapt_in_place(layer, config)` and
