@@ -1,54 +1,41 @@
 """`FourierFTCheckpoint`: save adapter files during `fit`."""
 
 import os
-import re
 import string
 
 import keras
 
+from keras_fourierft import keras_internals
 from keras_fourierft.adapters import save_fourierft_weights
 
 
 class FourierFTCheckpoint(keras.callbacks.ModelCheckpoint):
     """Saves the FourierFT adapter file during `fit`, like `ModelCheckpoint`.
 
-    A `keras.callbacks.ModelCheckpoint` that writes adapter files
-    (`save_fourierft_weights`: kilobytes, written atomically, so an
-    interrupted save keeps the previous file) instead of the model.
-    Everything else is `ModelCheckpoint`'s: `save_freq` (every epoch or
-    every N batches), `save_best_only` with `mode` and
-    `initial_value_threshold`, and `filepath` fields such as `{epoch:02d}`,
-    `{batch}` and `{val_loss:.3f}`. A field the logs do not have raises a
-    `ValueError` naming it. Works with `EarlyStopping`, `ReduceLROnPlateau`
-    and `BackupAndRestore` (which restores the model; the best value seen so
-    far starts afresh after a restart).
+    Writes adapter files (`save_fourierft_weights`: kilobytes, atomically)
+    instead of the model, with `ModelCheckpoint`'s `save_freq`,
+    `save_best_only`, `mode`, `initial_value_threshold` and `filepath`
+    fields (`{epoch:02d}`, `{batch}`, `{val_loss:.3f}`); a field the logs do
+    not have raises a `ValueError` naming it.
 
     Args:
-        filepath: Path ending in `.weights.h5`, optionally with format
-            fields.
+        filepath: Path ending in `.weights.h5`, optionally with fields.
         monitor: Metric name to compare for `save_best_only`.
-        save_best_only: If True, save only when `monitor` improves. The
-            logs must then hold `monitor` whenever a save is due (at batch
-            level they hold no validation metrics).
+        save_best_only: If True, save only when `monitor` improves; the logs
+            must then hold `monitor` whenever a save is due.
         mode: `"auto"`, `"min"` or `"max"`; `"auto"` minimises losses and
-            follows the direction of the compiled metric named by
-            `monitor` (e.g. maximises `val_accuracy`).
+            follows the direction of the compiled metric named by `monitor`.
         include_trainable_weights: Also store other trainable weights (e.g.
             the task head), see `save_fourierft_weights`.
         initial_value_threshold: Optional value `monitor` has to beat first.
         verbose: 0 or 1; 1 prints a line per save.
-        save_freq: `"epoch"` or a positive integer: save after every epoch,
-            or after every this many batches.
+        save_freq: `"epoch"` or a positive number of batches.
 
     Example:
 
     ```python
-    model.fit(
-        x,
-        y,
-        validation_data=(x_val, y_val),
-        callbacks=[FourierFTCheckpoint("best.weights.h5", save_best_only=True)],
-    )
+    best = FourierFTCheckpoint("best.weights.h5", save_best_only=True)
+    model.fit(x, y, validation_data=(x_val, y_val), callbacks=[best])
     ```
     """
 
@@ -65,7 +52,7 @@ class FourierFTCheckpoint(keras.callbacks.ModelCheckpoint):
     ):
         if mode not in ("auto", "min", "max"):
             raise ValueError(
-                f"`mode` must be 'auto', 'min' or 'max'. Received: mode={mode!r}"
+                f"`mode` must be 'auto', 'min' or 'max'. Received: {mode!r}"
             )
         if not os.fspath(filepath).endswith(".weights.h5"):
             raise ValueError(
@@ -93,14 +80,24 @@ class FourierFTCheckpoint(keras.callbacks.ModelCheckpoint):
         )
         self.include_trainable_weights = include_trainable_weights
         self.last_saved = None
+        self._epoch, self._batches = 0, 0
 
-    def _save_model(self, epoch, batch, logs):
-        # ModelCheckpoint's, writing the adapter file instead of the model.
-        logs = logs or {}
-        filepath = self._get_file_path(epoch, batch, logs)
-        if self.save_best_only:
-            self._check_monitor(logs, batch)
-        if not self._should_save_model(epoch, batch, logs, filepath):
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.save_freq != "epoch":
+            self._batches += 1
+            if self._batches % self.save_freq == 0:
+                self._save(self._epoch, batch, logs or {})
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.save_freq == "epoch":
+            self._save(epoch, None, logs or {})
+
+    def _save(self, epoch, batch, logs):
+        filepath = self._filepath(epoch, batch, logs)
+        if self.save_best_only and not self._improved(logs, batch):
             return
         folder = os.path.dirname(filepath)
         if folder:
@@ -112,20 +109,11 @@ class FourierFTCheckpoint(keras.callbacks.ModelCheckpoint):
         )
         self.last_saved = filepath
         if self.verbose > 0:
-            when = f"Epoch {epoch + 1}"
-            if batch is not None:
-                when += f", batch {batch + 1}"
-            print(f"\n{when}: FourierFT adapter saved to {filepath}")
+            print(f"\nEpoch {epoch + 1}: FourierFT adapter saved to {filepath}")
 
-    def _set_monitor_op(self):
-        # Only `save_best_only` compares values; without it, a `monitor` whose
-        # direction Keras cannot tell is no error.
-        if self.save_best_only:
-            super()._set_monitor_op()
-
-    def _check_monitor(self, logs, batch):
+    def _improved(self, logs, batch):
+        when = "epoch" if batch is None else "batch"
         if self.monitor not in logs:
-            when = "epoch" if batch is None else "batch"
             raise ValueError(
                 f"FourierFTCheckpoint monitors {self.monitor!r}, which the "
                 f"{when} logs do not have (available: {sorted(logs)}). Pass "
@@ -133,30 +121,34 @@ class FourierFTCheckpoint(keras.callbacks.ModelCheckpoint):
                 + (" or save per epoch." if batch is not None else ".")
             )
         if self.monitor_op is None:
-            # ModelCheckpoint sets it up at the first epoch end only.
-            self._set_monitor_op()
+            keras_internals.set_monitor_op(self)
+        current = float(logs[self.monitor])
+        if self.best is not None and not self.monitor_op(current, self.best):
+            return False
+        self.best = current
+        return True
 
-    def _get_file_path(self, epoch, batch, logs):
-        available = {"epoch", *logs} | ({"batch"} if batch is not None else set())
+    def _filepath(self, epoch, batch, logs):
+        fields = {"epoch": epoch + 1, **logs}
+        if batch is not None:
+            fields.setdefault("batch", batch + 1)
         try:
-            fields = {
-                re.split(r"[.\[]", name, maxsplit=1)[0]
-                for _, name, _, _ in string.Formatter().parse(self.filepath)
-                if name is not None
-            }
-            missing = sorted(fields - available)
+            names = [f for _, f, _, _ in string.Formatter().parse(self.filepath) if f]
+            missing = sorted(
+                {n.split(".")[0].split("[")[0] for n in names} - set(fields)
+            )
             if not missing:
-                return super()._get_file_path(epoch, batch, logs)
+                return self.filepath.format(**fields)
         except (KeyError, IndexError, ValueError) as error:
             raise ValueError(
                 f"Cannot fill in the FourierFTCheckpoint filepath "
                 f"{self.filepath!r}: {error}."
             ) from None
-        when = "epoch" if batch is None else "batch"
         raise ValueError(
             f"The FourierFTCheckpoint filepath {self.filepath!r} uses "
-            f"{', '.join(map(repr, missing))}, which the {when} logs do not "
-            f"have: its fields must be among {sorted(available)} here. "
-            "Validation metrics exist at epoch ends of a `fit` with validation "
-            "data, `{batch}` with an integer `save_freq`."
+            f"{', '.join(map(repr, missing))}, which the "
+            f"{'epoch' if batch is None else 'batch'} logs do not have: its "
+            f"fields must be among {sorted(fields)} here. Validation metrics "
+            "exist at epoch ends of a `fit` with validation data, `{batch}` "
+            "with an integer `save_freq`."
         )

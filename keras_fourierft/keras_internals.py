@@ -134,3 +134,66 @@ def _int8_logits(layer, inputs, table, scale):
         return logits, grad
 
     return logits_of(inputs, table, ops.convert_to_tensor(scale))
+
+def saved_object_paths(model):
+    """The path Keras's `.keras` saving gives each object of a model.
+
+    `model.save()` walks the model's attributes (Sequential and Functional
+    `layers` first, then `dir()` order, private names last) and names
+    container items by snake-case class name and index; each object gets
+    the path of its first visit, and its assets are saved in the directory
+    of that name (`keras.src.saving.saving_lib._save_state`). This walks
+    the same tree.
+
+    Args:
+        model: A Keras model or layer.
+
+    Returns:
+        A dict `{path: object}`; the model itself has the path `""`.
+    """
+    from keras.src.saving import saving_lib
+    from keras.src.saving.keras_saveable import KerasSaveable
+    from keras.src.utils import naming
+
+    paths, seen = {}, set()
+
+    def visit(obj, path):
+        if id(obj) in seen:
+            return
+        seen.add(id(obj))
+        paths[path] = obj
+        for attr, child in saving_lib._walk_saveable(obj):
+            child_path = f"{path}/{attr}" if path else attr
+            if isinstance(child, KerasSaveable):
+                visit(child, child_path)
+            elif isinstance(child, (list, dict, tuple)):
+                visit_container(child, child_path, set())
+
+    def visit_container(container, path, done):
+        if id(container) in done:
+            return
+        done.add(id(container))
+        used = {}
+        items = container.values() if isinstance(container, dict) else container
+        for item in items:
+            if isinstance(item, KerasSaveable):
+                name = naming.to_snake_case(item.__class__.__name__)
+                visit(item, f"{path}/{saving_lib._get_unique_name(name, used)}")
+            elif isinstance(item, (list, dict, tuple)):
+                name = saving_lib._get_unique_name("container", used)
+                visit_container(item, f"{path}/{name}", done)
+
+    visit(model, "")
+    return paths
+
+
+def set_monitor_op(callback):
+    """Sets a Keras `MonitorCallback`'s comparison (`monitor_op`) for its mode.
+
+    `"auto"` minimises losses and follows the direction of the compiled
+    metric named by `monitor` (`MonitorCallback._set_monitor_op`).
+
+    Args:
+        callback: A `keras.callbacks.ModelCheckpoint` with a model set.
+    """
+    callback._set_monitor_op()

@@ -12,9 +12,7 @@ adds the update.
 import collections
 import functools
 import hashlib
-import json
 import math
-import os
 
 import keras
 import numpy as np
@@ -327,7 +325,6 @@ def remove_adapter(layer, merge=True):
 _STATE = (
     "fourierft_config",
     "locations",
-    "model_path",
     "_view",
     "_delta_plan",
     "_activation_plan",
@@ -392,7 +389,6 @@ class _FourierFTMixin:
     def _init_fourierft(self, config):
         self.fourierft_config = config
         self.locations = None
-        self.model_path = None
         self._enabled = True
         self._merged = None
 
@@ -793,20 +789,23 @@ class _FourierFTMixin:
     def save_assets(self, dir_path):
         """Writes this adapter's record (`fourierft.json`) for `.keras` files.
 
-        `keras_fourierft.load_model` reads it to re-enable FourierFT on models
-        whose config does not list their layers (KerasHub backbones).
+        The record holds the settings and the on/off state; Keras gives
+        every object of a saved model its own asset directory, named by the
+        object's place in the model, which is how `keras_fourierft.load_model`
+        finds the layer again (also for models whose config does not list
+        their layers, such as KerasHub backbones).
         """
-        record = {
-            "keras_fourierft": 1,
-            "path": self.model_path or self.name,
-            "config": self.fourierft_config.to_dict(),
-        }
-        with open(os.path.join(dir_path, "fourierft.json"), "w") as file:
-            json.dump(record, file)
+        from keras_fourierft import saving
+
+        saving._write_record(self, dir_path)
 
     def load_assets(self, dir_path):
-        """Nothing to load: the layer config carries the settings."""
-        return None
+        """Restores the on/off state from the record `save_assets` wrote."""
+        from keras_fourierft import saving
+
+        record = saving._read_record_file(dir_path)
+        if record is not None:
+            self.adapter_enabled = record[1]
 
     def get_config(self):
         config = super().get_config()

@@ -1,15 +1,16 @@
 """Whole-model `.keras` files of adapted models."""
 
 import json
+import os
 import zipfile
 
 import keras
 
+from keras_fourierft import keras_internals
+from keras_fourierft import surgery
 from keras_fourierft.config import FourierFTConfig
-from keras_fourierft.surgery import enable_fourierft_on_paths
-from keras_fourierft.surgery import fourier_layers
 
-RECORD_NAME = "fourierft.json"
+_RECORD = "fourierft.json"
 _MAX_RECORD_BYTES = 64 * 1024
 _MAX_RECORDS = 100_000
 
@@ -17,15 +18,16 @@ _MAX_RECORDS = 100_000
 def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
     """Loads a `.keras` file saved (with `model.save`) from an adapted model.
 
-    Sequential and Functional models list their layers in their config, so
-    `keras.saving.load_model` restores their adapted layers already.
-    KerasHub backbones and task models rebuild their layers from
-    hyperparameters instead; for them this function rebuilds the plain
-    model, re-enables FourierFT on the layers recorded in the file (each
-    adapted layer saves a small `fourierft.json` record among the file's
-    assets: its path and settings, `lr_multiplier` included), freezing by
-    `enable_fourierft`'s default rule, then loads all weights. It works for
-    both kinds of model.
+    Each adapted layer saves a `fourierft.json` record (settings, on/off
+    state) in the asset directory Keras names after the layer's place in
+    the model. This rebuilds the model, re-adapts the recorded layers that
+    came back plain (KerasHub models, `MultiHeadAttention` projections,
+    subclassed models), compiles it from its saved compile config (so the
+    optimizer state loads, as in `keras.saving.load_model`) and loads all
+    weights. Trainability follows `enable_fourierft`'s default rule
+    (re-apply `trainable_layers` or `bias` choices before training on).
+    `keras.saving.load_model` restores only models whose config lists every
+    adapted layer (their own layers of Sequential/Functional).
 
     Args:
         filepath: Path of a `.keras` file.
@@ -43,76 +45,102 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
     restored = keras_fourierft.load_model("classifier.keras")
     ```
     """
-    filepath = str(filepath)
-    if not filepath.endswith(".keras") or not zipfile.is_zipfile(filepath):
+    path = os.fspath(filepath)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path!r} does not exist: no `.keras` file to load.")
+    if not path.endswith(".keras") or not zipfile.is_zipfile(path):
         raise ValueError(
-            f"{filepath!r} is not a `.keras` archive. Save the model with "
+            f"{path!r} is not a `.keras` archive. Save the model with "
             "`model.save('name.keras')`."
         )
-    with zipfile.ZipFile(filepath) as archive:
-        config = _read_json(archive, "config.json", filepath, limit=None)
-        records = read_records(archive, filepath)
+    with zipfile.ZipFile(path) as archive:
+        config = _json(_read(archive, "config.json", path), f"{path!r} config.json")
+        records = _read_records(archive, path)
     if not isinstance(config, dict):
-        raise ValueError(f"{filepath!r}: config.json does not hold a model config.")
+        raise ValueError(f"{path!r}: config.json does not hold a model config.")
     with keras.saving.custom_object_scope(custom_objects or {}):
         model = keras.saving.deserialize_keras_object(
             {key: value for key, value in config.items() if key != "compile_config"},
             safe_mode=safe_mode,
         )
-    build_config = config.get("build_config")
-    if build_config and not model.built:
-        model.build_from_config(build_config)
-    if records and not fourier_layers(model):
-        enable_fourierft_on_paths(
-            model,
-            {record["path"]: record["config"] for record in records},
-            source=f"The adapters in {filepath!r}",
-        )
-    model.load_weights(filepath)
-    compile_config = config.get("compile_config")
-    if compile and compile_config:
-        model.compile_from_config(compile_config)
+    if config.get("build_config") and not model.built:
+        model.build_from_config(config["build_config"])
+    objects = keras_internals.saved_object_paths(model)
+    layers = {at: objects.get(at) for at in records}
+    for at, layer in layers.items():
+        if not isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense)):
+            raise ValueError(
+                f"{path!r} holds a FourierFT record for {at!r}, which is not a "
+                "Dense/EinsumDense layer of its model: the file is damaged."
+            )
+    if records:
+        surgery._adapt_layers(model, {layers[at]: records[at][0] for at in records})
+    if compile and config.get("compile_config"):
+        # As `Model.compile_from_config`, also for KerasHub tasks (their own
+        # `compile` takes Keras's arguments), so the optimizer state loads.
+        model.compile(**keras.saving.deserialize_keras_object(config["compile_config"]))
+        model.optimizer.build(model.trainable_variables)
+    model.load_weights(path)
+    for at, layer in layers.items():
+        layer.adapter_enabled = records[at][1]
     return model
 
 
-def read_records(archive, filepath):
-    """The adapter records among a `.keras` archive's assets.
+def _write_record(layer, dir_path):
+    """Writes an adapted layer's record into its `.keras` asset directory."""
+    config = layer.fourierft_config.to_dict()
+    record = {"keras_fourierft": 1, "config": config, "enabled": layer.adapter_enabled}
+    with open(os.path.join(dir_path, _RECORD), "w") as file:
+        json.dump(record, file)
 
-    Args:
-        archive: An open `zipfile.ZipFile`.
-        filepath: The archive's path, for error messages.
 
-    Returns:
-        A list of dicts with `path` and `config` (a `FourierFTConfig`).
-    """
-    names = [
-        name
-        for name in archive.namelist()
-        if name.startswith("assets/") and name.endswith("/" + RECORD_NAME)
-    ]
+def _read_record_file(dir_path):
+    """`(config, enabled)` from an asset directory, or None without a record."""
+    name = os.path.join(dir_path, _RECORD)
+    if not os.path.isfile(name):
+        return None
+    if os.path.getsize(name) > _MAX_RECORD_BYTES:
+        raise ValueError(f"{name!r} is larger than {_MAX_RECORD_BYTES} bytes.")
+    with open(name, "rb") as file:
+        return _parse_record(file.read(), name)
+
+
+def _parse_record(data, source):
+    record = _json(data, source)
+    enabled = record.get("enabled", True) if isinstance(record, dict) else None
+    if not isinstance(enabled, bool):
+        raise ValueError(f"{source}: not a FourierFT record (or `enabled` not a bool).")
+    return FourierFTConfig.from_dict(record.get("config"), source=source), enabled
+
+
+def _read_records(archive, path):
+    """`{asset path: (config, enabled)}` of a `.keras` archive's records."""
+    names = [n for n in archive.namelist() if n.endswith("/" + _RECORD)]
     if len(names) > _MAX_RECORDS:
-        raise ValueError(f"{filepath!r} holds too many FourierFT records.")
-    records = []
-    for name in names:
-        record = _read_json(archive, name, filepath, limit=_MAX_RECORD_BYTES)
-        source = f"{filepath!r} ({name})"
-        if not isinstance(record, dict) or not isinstance(record.get("path"), str):
-            raise ValueError(f"{source}: a FourierFT record without a layer path.")
-        config = FourierFTConfig.from_dict(record.get("config"), source=source)
-        records.append({"path": record["path"], "config": config})
-    return records
+        raise ValueError(f"{path!r} holds too many FourierFT records.")
+    return {
+        name.removeprefix("assets/")[: -len(_RECORD) - 1]: _parse_record(
+            _read(archive, name, path, _MAX_RECORD_BYTES), f"{path!r} ({name})"
+        )
+        for name in names
+        if name.startswith("assets/")
+    }
 
 
-def _read_json(archive, name, filepath, limit):
+def _read(archive, name, path, limit=None):
     try:
         info = archive.getinfo(name)
+        if limit is not None and info.file_size > limit:
+            raise ValueError(f"{path!r}: {name} is larger than {limit} bytes.")
+        return archive.read(name)
     except KeyError:
-        raise ValueError(
-            f"{filepath!r} has no {name}; it is not a .keras file."
-        ) from None
-    if limit is not None and info.file_size > limit:
-        raise ValueError(f"{filepath!r}: {name} is larger than {limit} bytes.")
+        raise ValueError(f"{path!r} has no {name}; it is not a .keras file.") from None
+    except (zipfile.BadZipFile, OSError) as error:
+        raise ValueError(f"{path!r}: cannot read {name}: {error}") from None
+
+
+def _json(data, source):
     try:
-        return json.loads(archive.read(name))
-    except (ValueError, zipfile.BadZipFile, OSError) as error:
-        raise ValueError(f"{filepath!r}: cannot read {name}: {error}") from None
+        return json.loads(data)
+    except ValueError as error:
+        raise ValueError(f"{source}: not valid JSON ({error}).") from None

@@ -1,29 +1,34 @@
-"""`enable_fourierft`: adapt the target layers of any Keras model in place.
+"""`enable_fourierft` and the functions that act on adapted models or layers.
 
-No graph is rewired: each target `Dense`/`EinsumDense` is adapted in place
-(`layers.adapt_layer`), so Sequential, Functional, subclassed and KerasHub
-models, and every container Keras tracks (lists, tuples, dicts), keep their
-structure, layer names and weight paths.
+No graph is rewired: each target `Dense`/`EinsumDense` is adapted in place,
+so Sequential, Functional, subclassed and KerasHub models, and every
+container Keras tracks (lists, tuples, dicts), keep their structure, layer
+names and weight paths.
 """
 
 import dataclasses
 import math
+import numbers
 import re
 
 import keras
 
 from keras_fourierft import distribution
 from keras_fourierft import keras_internals
-from keras_fourierft.config import DEFAULT_LR_MULTIPLIER
+from keras_fourierft.config import DEFAULT_LR_MULTIPLIER  # noqa: F401 (examples)
 from keras_fourierft.config import FourierFTConfig
-from keras_fourierft.layers import adapt_layer
+
+# The layer module's in-place primitives (`adapt_in_place(layer, config)` and
+# `remove_in_place(layer, merge=True)` from 1.0 on).
+from keras_fourierft.layers import adapt_layer as adapt_in_place
 from keras_fourierft.layers import check_adaptable
 from keras_fourierft.layers import is_adapted
-from keras_fourierft.layers import remove_adapter
+from keras_fourierft.layers import remove_adapter as remove_in_place
 
-DEFAULT_TARGET_LAYER_NAMES = ("query", "value", "query_dense", "value_dense")
-BIAS_MODES = ("none", "all", "fourier_only")
+_DEFAULT_TARGETS = ("query", "value", "query_dense", "value_dense")
+_BIAS_MODES = ("none", "all", "fourier_only")
 _BLOCK_PATTERN = re.compile(r"(?:layer|block)s?_(\d+)$")
+_LINEAR = (keras.layers.Dense, keras.layers.EinsumDense)
 
 
 @dataclasses.dataclass
@@ -45,7 +50,7 @@ class FourierFTSummary:
         coefficient_params: Integer, the trainable spectral coefficients.
         other_trainable_params: Integer, other trainable weights (task head,
             biases).
-        total_params: Integer, all weights of the model.
+        total_params: Integer, all weights of the target.
     """
 
     layers: list
@@ -73,155 +78,67 @@ class FourierFTSummary:
         return "\n".join(lines)
 
 
-def fourier_layers(model):
-    """Returns the FourierFT-adapted layers of a model, in a stable order.
+@dataclasses.dataclass(frozen=True)
+class _Selection:
+    """`enable_fourierft`'s selection arguments, checked."""
+
+    names: frozenset
+    paths: tuple
+    blocks: frozenset | None
+    n_pattern: tuple
+    bias: str
+    keep_names: frozenset
+    keep_paths: tuple
+
+
+_SELECTION_ARGS = (
+    "target_layer_names",
+    "target_paths",
+    "blocks",
+    "n_frequency_pattern",
+    "bias",
+    "trainable_layers",
+)
+
+
+def enable_fourierft(target, config=None, **overrides):
+    """Adds FourierFT adapters, in place, to a built model or layer.
+
+    `target` is a built Keras/KerasHub model, or a single built
+    `keras.layers.Dense`/`keras.layers.EinsumDense` layer: the layer object
+    stays the same (its class becomes `FourierDense`/`FourierEinsumDense`),
+    keeps its name, variables and place in every model; its kernel and bias
+    are frozen and a trainable `coefficients` variable is added.
+
+    For a model, the targets are the `Dense`/`EinsumDense` layers whose
+    `layer.name` is in `target_layer_names`, or whose path (see
+    `fourierft_layers`) matches one of the regular expressions
+    `target_paths`. By default they are the layers a KerasHub backbone names
+    in `default_lora_layer_names()` (its query and value projections), or,
+    for other models, layers named `query`, `value`, `query_dense` or
+    `value_dense`. Every argument is checked before anything changes: on an
+    error the model is left untouched.
+
+    Freezing rule (models): afterwards the only trainable variables are the
+    coefficients, plus the weights outside the backbone of a KerasHub task
+    model (its head), the weights of layers named in `trainable_layers`, and
+    biases by `bias`: `"none"` (PEFT's default), `"fourier_only"` (the
+    adapted layers' biases) or `"all"` (every variable named `bias`).
+    Quantized kernels and their scales stay as Keras sets them. Compile the
+    model after enabling. Distribution: see `docs/distributed.md`.
 
     Args:
-        model: A Keras model or layer.
-
-    Returns:
-        A list of `(path, layer)` pairs, one per `FourierDense`/
-        `FourierEinsumDense`; `path` is as `walk_layers` gives it.
-
-    Example:
-
-    >>> for path, layer in keras_fourierft.fourier_layers(backbone):
-    ...     print(path, layer.n_frequency)
-    """
-    return [(path, layer) for path, layer in walk_layers(model) if is_adapted(layer)]
-
-
-def walk_layers(model):
-    """Returns `(path, layer)` for every sublayer of a model, depth first.
-
-    A path joins layer names from the model down with `/`. It is stable and
-    unique: a name Keras generated (`dense`, `dense_3`, ...) is replaced by
-    the class's default name numbered in order among its siblings, so two
-    fresh copies of a model give the same paths, and two siblings never
-    share one. A layer held in several places is listed once.
-
-    Args:
-        model: A Keras model or layer.
-
-    Returns:
-        A list of `(path, layer)` pairs.
-
-    Example:
-
-    >>> [path for path, _ in keras_fourierft.walk_layers(model)]
-    ['query', 'dense', 'dense_1']
-    """
-    entries, seen = [], set()
-
-    def visit(layer, prefix):
-        used = {}
-        for child in keras_internals.child_layers(layer):
-            if id(child) in seen:
-                continue
-            seen.add(id(child))
-            name = _unique(_stable_name(child), used)
-            path = prefix + name
-            entries.append((path, child))
-            visit(child, path + "/")
-
-    visit(model, "")
-    return entries
-
-
-def enable_fourierft(
-    model,
-    n_frequency=1000,
-    scaling=150.0,
-    seed=777,
-    target_layer_names=None,
-    target_paths=None,
-    blocks=None,
-    n_frequency_pattern=None,
-    bias="none",
-    trainable_layers=None,
-    sampling="uniform",
-    center_frequency=None,
-    bandwidth=None,
-    coefficient_initializer="normal",
-    lr_multiplier=DEFAULT_LR_MULTIPLIER,
-    compute="auto",
-    verbose=False,
-):
-    """Adapts a built Keras/KerasHub model with FourierFT, in place.
-
-    Targets are the `Dense`/`EinsumDense` layers whose `layer.name` is in
-    `target_layer_names`, or whose path (see `walk_layers`) matches one of
-    the regular expressions `target_paths`. By default the targets are the
-    layers a KerasHub backbone names in `default_lora_layer_names()` (its
-    query and value projections, e.g. Gemma 3's `query_proj`/`value_proj`),
-    or, for other models, layers named `query`, `value`, `query_dense` or
-    `value_dense`. Each target is adapted in place (see `adapt_layer`): the
-    model's structure, layer names, variable paths and weight-file layout
-    stay as they were, in every kind of model and container.
-
-    Everything is checked before anything changes: on a bad argument or a
-    target that cannot be adapted the model is left untouched.
-
-    Freezing rule: afterwards the only trainable variables are the
-    coefficients, plus
-    - for a KerasHub task model (one with a `backbone`), every weight outside
-      the backbone (the task head);
-    - the weights of layers named in `trainable_layers` (names or path
-      regexes);
-    - biases by `bias`: `"none"` (PEFT's default), `"fourier_only"` (the
-      adapted layers' biases) or `"all"` (every variable named `bias`).
-    Freezing acts on variables (`variable.trainable`); the layers holding a
-    variable that trains are set `trainable` (also in a model frozen with
-    `model.trainable = False`), other layers keep their flag. Quantized
-    kernels and their scales stay as Keras sets them. Compile the model
-    after enabling.
-
-    Several devices (JAX): build or load the model, enable FourierFT and
-    train under one `keras.distribution` (`DataParallel`, or `ModelParallel`
-    with a `LayoutMap`, e.g. KerasHub's `Backbone.get_layout_map(mesh)`).
-    The coefficients are Keras variables like any other: replicated, unless
-    a `LayoutMap` entry matches `<layer path>/coefficients` (it must give a
-    one-axis layout that divides `n_frequency`); the frozen kernels keep
-    their layout. A model whose variables live under another distribution
-    (or none) than the current one is refused, untouched.
-
-    Quantized bases: `model.quantize("int8")` (or `"int4"`, `"float8"`)
-    before or after enabling; only the coefficients train.
-
-    Several devices: on TensorFlow, enable inside the `strategy.scope()`
-    the model was built in (or outside any scope: the coefficients join
-    the strategy that owns the kernels); enabling inside the scope of a
-    strategy that does not own the model raises before anything changes.
-    See `docs/distributed.md`.
-
-    Args:
-        model: A built Keras model (Sequential, Functional, subclassed or
-            KerasHub backbone/task).
-        n_frequency: Integer, coefficients per adapted layer.
-        scaling: Float, the factor `alpha`.
-        seed: Integer, the frequency-location seed (PEFT's `random_loc_seed`).
-        target_layer_names: Names of layers to adapt (a list; a single string
-            is one name).
-        target_paths: Regular expressions searched in layer paths.
-        blocks: Optional list of transformer block indices: only targets
-            inside those blocks are adapted (a block is a path component
-            ending in `layer_<i>` or `block_<i>`, as KerasHub names them).
-        n_frequency_pattern: Optional dict `{regex: n}` overriding
-            `n_frequency` for layers whose path matches (PEFT's
-            `n_frequency_pattern`); the first match wins.
-        bias: `"none"`, `"fourier_only"` or `"all"`, see above.
-        trainable_layers: Names or path regexes of layers to keep trainable.
-        sampling: `"uniform"` or `"frequency_biased"`, see
-            `frequency_locations`.
-        center_frequency: Float, for frequency-biased sampling.
-        bandwidth: Float, for frequency-biased sampling.
-        coefficient_initializer: `"normal"` (PEFT's default) or `"zeros"`.
-        lr_multiplier: Float, see `FourierDense`. The default (30) lets a
-            single Adam-family optimizer with an ordinary learning rate
-            (1e-3 to 5e-3) train both a task head and the coefficients, which
-            want a 10-100x larger learning rate.
-        compute: `"auto"`, `"dense"` or `"activation"`, see `FourierDense`.
-        verbose: If True, print the summary.
+        target: A built Keras model, or a built `Dense`/`EinsumDense` layer.
+        config: Optional `FourierFTConfig` (defaults: `FourierFTConfig()`).
+        **overrides: `FourierFTConfig` fields replacing those of `config`
+            (e.g. `n_frequency=1000`), and, for models only, the selection
+            arguments `target_layer_names` (list of names),
+            `target_paths` (list of regular expressions), `blocks` (list of
+            transformer block indices: a path component ending in
+            `layer_<i>` or `block_<i>`), `n_frequency_pattern` (dict
+            `{regex: n}`, the first match wins, PEFT's), `bias` and
+            `trainable_layers` (names or path regexes); `verbose=True`
+            prints the summary.
 
     Returns:
         A `FourierFTSummary`.
@@ -230,160 +147,443 @@ def enable_fourierft(
 
     ```python
     backbone = keras_hub.models.BertBackbone.from_preset(path)
-    summary = keras_fourierft.enable_fourierft(backbone, n_frequency=1000)
-    print(summary)
+    print(keras_fourierft.enable_fourierft(backbone, n_frequency=1000))
+    dense = keras.layers.Dense(64)
+    dense.build((None, 32))
+    keras_fourierft.enable_fourierft(dense, n_frequency=200)
     ```
     """
-    if bias not in BIAS_MODES:
-        raise ValueError(f"`bias` must be one of {BIAS_MODES}. Received: {bias!r}")
-    config = FourierFTConfig(
-        n_frequency=n_frequency,
-        scaling=scaling,
-        seed=seed,
-        sampling=sampling,
-        center_frequency=center_frequency,
-        bandwidth=bandwidth,
-        coefficient_initializer=coefficient_initializer,
-        lr_multiplier=lr_multiplier,
-        compute=compute,
-    )
-    _check_model(model)
-    distribution.check_placement(model.weights, f"model {model.name!r}")
-    names = _as_names("target_layer_names", target_layer_names)
-    paths = _as_names("target_paths", target_paths)
-    keep = _as_names("trainable_layers", trainable_layers)
-    if names is None and paths is None:
-        names = default_target_layer_names(model)
-    walk = walk_layers(model)
-    targets = _select_targets(walk, names, paths, blocks)
-    plans = []
-    for path, layer in targets:
-        n = _pattern_value(n_frequency_pattern, path, config.n_frequency)
-        try:
-            layer_config = config.replace(n_frequency=n)
-        except ValueError as error:
-            raise ValueError(f"Layer {path!r}: {error}") from None
-        try:
-            check_adaptable(layer, layer_config)
-        except (TypeError, ValueError) as error:
-            raise type(error)(f"Cannot adapt {path!r}: {error}") from None
-        plans.append((path, layer, layer_config))
-    adapted = []
-    for path, layer, layer_config in plans:
-        adapt_layer(layer, layer_config)
-        layer.model_path = path
-        adapted.append((path, layer))
-    _freeze(model, bias, keep)
-    _straight_through_logits(walk)
-    reset_compiled_functions(model)
-    summary = _summarize(model, adapted)
+    verbose = overrides.pop("verbose", False)
+    selection = {k: overrides.pop(k) for k in _SELECTION_ARGS if k in overrides}
+    config = _make_config(config, overrides)
+    if isinstance(target, _LINEAR):
+        if selection:
+            raise ValueError(
+                f"{sorted(selection)} select layers inside a model; "
+                f"`target` is the single layer {target.name!r}. Pass the "
+                "model instead, or leave them out."
+            )
+        _check_layer(target, target.name, config)
+        adapt_in_place(target, config)
+        summary = _summarize(target, {target: target.name})
+    else:
+        _check_model(target)
+        checked = _check_selection(target, **selection)
+        summary = _adapt_model(target, _plan(target, config, checked), checked)
     if verbose:
         print(summary)
     return summary
 
 
-def enable_fourierft_on_paths(model, configs, source="The adapters"):
-    """Adapts exactly the layers at the given paths, each with its config.
-
-    Used to rebuild the adapters a file describes (adapter files, PEFT
-    folders, `.keras` records). New coefficients start at zero.
-
-    Args:
-        model: A built Keras model without adapters.
-        configs: Dict `{layer path: FourierFTConfig}` (paths as `walk_layers`
-            gives them); the configs may differ in `n_frequency` only.
-        source: How an error message names where the configs came from.
-
-    Returns:
-        A `FourierFTSummary`.
-    """
-    shared = {config.replace(n_frequency=1) for config in configs.values()}
-    if len(shared) > 1:
-        raise ValueError(
-            f"{source} mix scaling/seed/sampling settings across layers; "
-            "enable FourierFT on the model yourself, then load the weights."
+def _make_config(config, overrides):
+    if config is None:
+        config = FourierFTConfig()
+    elif not isinstance(config, FourierFTConfig):
+        raise TypeError(
+            "`config` must be a `keras_fourierft.FourierFTConfig` or None. "
+            f"Received: config={config!r}"
         )
-    (settings,) = shared
-    patterns = {
-        f"^{re.escape(path)}$": config.n_frequency for path, config in configs.items()
-    }
-    values = settings.replace(coefficient_initializer="zeros").to_dict()
-    values.pop("n_frequency")
-    return enable_fourierft(
-        model,
-        n_frequency=next(iter(configs.values())).n_frequency,
-        target_paths=list(patterns),
-        n_frequency_pattern=patterns,
-        **values,
+    try:
+        return config.replace(**overrides)
+    except TypeError as error:
+        raise TypeError(
+            f"enable_fourierft: {error}. It takes `FourierFTConfig` fields "
+            f"and {list(_SELECTION_ARGS) + ['verbose']}."
+        ) from None
+
+
+def _check_model(model):
+    if not isinstance(model, keras.layers.Layer) or not (
+        isinstance(model, keras.Model) or keras_internals.child_layers(model)
+    ):
+        raise TypeError(
+            "enable_fourierft expects a Keras model or a Dense/EinsumDense "
+            f"layer. Received: {type(model).__name__}."
+        )
+    if not model.built:
+        raise ValueError(
+            f"Model {model.name!r} is not built. Build it (call it on data, or "
+            "load it with `from_preset`) before enabling FourierFT."
+        )
+    existing = fourierft_layers(model)
+    if existing:
+        raise ValueError(
+            f"FourierFT is already enabled on model {model.name!r} "
+            f"({len(existing)} adapted layers, e.g. {next(iter(existing))!r}). "
+            "Enable it once; to change the adapters, call "
+            "`unload_fourierft(model, merge=False)` first."
+        )
+    distribution.check_placement(model.weights, f"model {model.name!r}")
+
+
+def _check_layer(layer, path, config):
+    try:
+        check_adaptable(layer, config)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"Cannot adapt {path!r}: {error}") from None
+
+
+def _check_selection(
+    model,
+    target_layer_names=None,
+    target_paths=None,
+    blocks=None,
+    n_frequency_pattern=None,
+    bias="none",
+    trainable_layers=None,
+):
+    if bias not in _BIAS_MODES:
+        raise ValueError(f"`bias` must be one of {_BIAS_MODES}. Received: {bias!r}")
+    names = _as_names("target_layer_names", target_layer_names)
+    paths = _as_names("target_paths", target_paths)
+    if names is None and paths is None:
+        names = _default_target_layer_names(model)
+    keep = _as_names("trainable_layers", trainable_layers) or []
+    return _Selection(
+        names=frozenset(names or ()),
+        paths=_compile("target_paths", paths or ()),
+        blocks=_as_blocks(blocks),
+        n_pattern=_as_n_pattern(n_frequency_pattern),
+        bias=bias,
+        keep_names=frozenset(keep),
+        keep_paths=_compile("trainable_layers", keep),
     )
 
 
-def _straight_through_logits(walk):
-    # Keras's int8 reversible embedding (a causal LM's output projection)
-    # gives its logits no input gradient; see keras_internals.
-    for _, layer in walk:
-        if isinstance(layer, keras.layers.ReversibleEmbedding):
-            keras_internals.give_logits_an_input_gradient(layer)
+def _as_names(argument, value):
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    try:
+        names = list(value)
+    except TypeError:
+        names = None
+    if names is None or not all(isinstance(name, str) for name in names):
+        raise TypeError(f"`{argument}` must be a list of strings. Received: {value!r}")
+    return names
 
 
-def default_target_layer_names(model):
-    """The layer names `enable_fourierft` targets when none are given.
+def _compile(argument, patterns):
+    compiled = []
+    for pattern in patterns:
+        try:
+            compiled.append(re.compile(pattern))
+        except re.error as error:
+            raise ValueError(
+                f"`{argument}` holds {pattern!r}, which is not a valid regular "
+                f"expression ({error}). Escape it with `re.escape` to match "
+                "it literally."
+            ) from None
+    return tuple(compiled)
 
-    A KerasHub backbone (or a task model's backbone) says which layers an
-    adapter should target with `default_lora_layer_names()`; other models
-    get `query`, `value`, `query_dense` and `value_dense`.
 
-    Args:
-        model: A Keras model.
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
-    Returns:
-        A list of layer names.
-    """
+
+def _as_blocks(blocks):
+    if blocks is None:
+        return None
+    try:
+        values = list(blocks)
+    except TypeError:
+        values = None
+    if values is None or not all(_is_int(v) and v >= 0 for v in values):
+        raise TypeError(
+            "`blocks` must be a list of block indices (integers >= 0), e.g. "
+            f"`blocks=[0]`. Received: blocks={blocks!r}"
+        )
+    return frozenset(int(v) for v in values)
+
+
+def _as_n_pattern(pattern):
+    if pattern is None:
+        return ()
+    if not isinstance(pattern, dict):
+        raise TypeError(
+            "`n_frequency_pattern` must be a dict `{path regex: n_frequency}`. "
+            f"Received: {type(pattern).__name__} {pattern!r}"
+        )
+    for key, value in pattern.items():
+        if not isinstance(key, str) or not _is_int(value) or value < 1:
+            raise ValueError(
+                "`n_frequency_pattern` maps path regexes (strings) to positive "
+                f"integers. Received: {key!r}: {value!r}"
+            )
+    regexes = _compile("n_frequency_pattern", list(pattern))
+    return tuple(zip(regexes, map(int, pattern.values()), strict=True))
+
+
+def _default_target_layer_names(model):
+    """The layer names targeted when none are given (see `enable_fourierft`)."""
     for candidate in (model, getattr(model, "backbone", None)):
         method = getattr(candidate, "default_lora_layer_names", None)
         if callable(method):
             names = list(method())
             if names:
                 return names
-    return list(DEFAULT_TARGET_LAYER_NAMES)
+    return list(_DEFAULT_TARGETS)
 
 
-def set_fourierft_enabled(model, enabled):
-    """Turns all FourierFT adapters of a model on or off.
+def _plan(model, config, selection):
+    """`{layer: (path, config)}` for every target, each checked."""
+    walk = _walk_layers(model)
+    plans = {}
+    for path, layer in walk:
+        if not _selected(path, layer, selection):
+            continue
+        if not isinstance(layer, _LINEAR):
+            raise TypeError(
+                f"Target layer {path!r} is a {type(layer).__name__}; FourierFT "
+                "adapts Dense and EinsumDense layers only. Narrow "
+                "`target_layer_names`/`target_paths`."
+            )
+        n = next((n for p, n in selection.n_pattern if p.search(path)), None)
+        try:
+            layer_config = config if n is None else config.replace(n_frequency=n)
+        except ValueError as error:
+            raise ValueError(f"Layer {path!r}: {error}") from None
+        _check_layer(layer, path, layer_config)
+        plans[layer] = (path, layer_config)
+    if not plans:
+        candidates = [path for path, layer in walk if isinstance(layer, _LINEAR)]
+        shown = ", ".join(candidates[:30]) or "none"
+        raise ValueError(
+            f"No layer matched target_layer_names={sorted(selection.names)}, "
+            f"target_paths={[p.pattern for p in selection.paths]}, "
+            f"blocks={sorted(selection.blocks or []) or None}. Dense/EinsumDense "
+            f"layers of this model: {shown}" + (" ..." if len(candidates) > 30 else "")
+        )
+    return plans
 
-    Off, every adapted layer computes exactly its frozen base layer. A merged
-    model refuses (nothing changes): unmerge first.
+
+def _selected(path, layer, selection):
+    if layer.name not in selection.names and not any(
+        p.search(path) for p in selection.paths
+    ):
+        return False
+    return selection.blocks is None or _block_index(path) in selection.blocks
+
+
+def _block_index(path):
+    for part in path.split("/"):
+        match = _BLOCK_PATTERN.search(part)
+        if match:
+            return int(match.group(1))
+    return None
+
+
+def _adapt_model(model, plans, selection):
+    """Adapts the planned (checked) layers, freezes, returns the summary."""
+    for layer, (_, layer_config) in plans.items():
+        adapt_in_place(layer, layer_config)
+    _freeze(model, selection)
+    _straight_through_logits(model)
+    _reset_compiled_functions(model)
+    return _summarize(model, {layer: path for layer, (path, _) in plans.items()})
+
+
+def _straight_through_logits(model):
+    # Keras's int8 reversible embedding (a causal LM's output projection)
+    # gives its logits no input gradient; see keras_internals.
+    for _, layer in _walk_layers(model):
+        if isinstance(layer, keras.layers.ReversibleEmbedding):
+            keras_internals.give_logits_an_input_gradient(layer)
+
+
+def _enable_on_paths(model, configs, source="The adapters"):
+    """Adapts exactly the layers at the given paths, each with its config.
+
+    Used to rebuild the adapters a file describes; new coefficients start
+    at zero.
 
     Args:
-        model: A model adapted with `enable_fourierft`.
-        enabled: Boolean.
+        model: A built Keras model without adapters.
+        configs: Dict `{layer path: FourierFTConfig}` (paths as
+            `fourierft_layers` gives them).
+        source: How an error message names where the configs came from.
+
+    Returns:
+        A `FourierFTSummary`.
     """
-    layers = _require_adapted(model)
+    _check_model(model)
+    layers = dict(_walk_layers(model))
+    missing = sorted(set(configs) - set(layers))
+    if missing:
+        raise ValueError(
+            f"{source} name layers this model does not have: {missing[:5]}. "
+            f"Its layers: {', '.join(list(layers)[:30])}"
+        )
+    return _adapt_layers(model, {layers[path]: c for path, c in configs.items()})
+
+
+def _adapt_layers(model, configs):
+    """Adapts the not yet adapted layers of `{layer: config}` (zero init),
+    then applies the default freezing rule to the whole model.
+
+    Returns:
+        A `FourierFTSummary` of the layers adapted here.
+    """
+    paths = {id(layer): path for path, layer in _walk_layers(model)}
+    plans = {}
+    for layer, config in configs.items():
+        if not is_adapted(layer):
+            path = paths.get(id(layer), layer.name)
+            config = config.replace(coefficient_initializer="zeros")
+            _check_layer(layer, path, config)
+            plans[layer] = (path, config)
+    return _adapt_model(model, plans, _check_selection(model, target_paths=[]))
+
+
+def fourierft_layers(model):
+    """Returns the FourierFT-adapted layers of a model, by path.
+
+    A path joins layer names from the model down with `/`. It is stable and
+    unique: names are kept as given, except that sibling names Keras
+    generated (`dense_3`, `dense_4`, ...) are renumbered in order among
+    their siblings (`dense`, `dense_1`, ...) when they are not already
+    numbered so, so two fresh copies of a model give the same paths.
+
+    Args:
+        model: A Keras model or layer.
+
+    Returns:
+        A dict `{path: layer}` of `FourierDense`/`FourierEinsumDense`
+        layers, in a stable (depth-first) order.
+
+    Example:
+
+    >>> for path, layer in keras_fourierft.fourierft_layers(backbone).items():
+    ...     print(path, layer.n_frequency)
+    """
+    return {path: layer for path, layer in _walk_layers(model) if is_adapted(layer)}
+
+
+def _walk_layers(model):
+    """`(path, layer)` for every sublayer of a model, depth first, once each."""
+    entries, seen = [], set()
+
+    def visit(layer, prefix):
+        children = []
+        for child in keras_internals.child_layers(layer):
+            if id(child) not in seen:
+                seen.add(id(child))
+                children.append(child)
+        for name, child in zip(_sibling_names(children), children, strict=True):
+            entries.append((prefix + name, child))
+            visit(child, prefix + name + "/")
+
+    visit(model, "")
+    return entries
+
+
+def _sibling_names(children):
+    """Layer names, with generated-looking ones numbered in sibling order.
+
+    Names matching a class's default name (`dense`, `dense_<i>`) are kept
+    when, per default name, they already are `dense`, `dense_1`, ... in some
+    order; otherwise (e.g. `dense_2`, `dense_3` in a second copy of a model)
+    they are renumbered in sibling order.
+    """
+    groups = {}
+    for child in children:
+        default = _to_snake_case(type(child).__name__)
+        if re.fullmatch(re.escape(default) + r"(_\d+)?", child.name):
+            groups.setdefault(default, []).append(child.name)
+    renumber = {
+        default
+        for default, names in groups.items()
+        if set(names) != {_numbered(default, i) for i in range(len(names))}
+    }
+    names, used = [], {}
+    for child in children:
+        default = _to_snake_case(type(child).__name__)
+        base = (
+            default if default in renumber and child.name in groups[default] else None
+        )
+        if base is None:
+            names.append(child.name)
+            continue
+        count = used.get(base, 0)
+        used[base] = count + 1
+        names.append(_numbered(base, count))
+    return names
+
+
+def _numbered(name, index):
+    return name if index == 0 else f"{name}_{index}"
+
+
+def _to_snake_case(name):
+    # As Keras names layers by default (keras.src.utils.naming).
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def _adapted(target):
+    """`[(path, layer)]` of a model's adapted layers, or of an adapted layer."""
+    if is_adapted(target):
+        return [(target.name, target)]
+    layers = (
+        list(fourierft_layers(target).items())
+        if isinstance(target, keras.layers.Layer)
+        else []
+    )
+    if not layers:
+        raise ValueError(
+            f"{getattr(target, 'name', target)!r} has no FourierFT adapters. "
+            "Call `keras_fourierft.enable_fourierft(target, ...)` first."
+        )
+    return layers
+
+
+def set_fourierft_enabled(target, enabled):
+    """Turns the FourierFT adapters of a model (or one layer) on or off.
+
+    Off, every adapted layer computes exactly its frozen base layer. Merged
+    adapters refuse to turn off (nothing changes): unmerge first.
+
+    Args:
+        target: An adapted model or layer.
+        enabled: Boolean.
+
+    Example:
+
+    >>> keras_fourierft.set_fourierft_enabled(model, False)  # the base model
+    """
+    if not isinstance(enabled, bool):
+        raise TypeError(f"`enabled` must be True or False. Received: {enabled!r}")
+    layers = _adapted(target)
     merged = [path for path, layer in layers if layer.merged]
     if merged and not enabled:
         raise ValueError(
-            f"The adapters of model {model.name!r} are merged into the kernels "
+            f"The adapters of {target.name!r} are merged into the kernels "
             f"(e.g. {merged[0]!r}), so they cannot be turned off. Call "
-            "`unmerge_fourierft(model)` first."
+            "`unmerge_fourierft(target)` first."
         )
     for _, layer in layers:
-        layer.adapter_enabled = bool(enabled)
-    reset_compiled_functions(model)
+        layer.adapter_enabled = enabled
+    _reset_compiled_functions(target)
 
 
-def merge_fourierft(model, safe_merge=True):
+def merge_fourierft(target, safe_merge=True):
     """Folds every adapter's delta_W into its kernel (zero-overhead inference).
 
     While merged, the coefficients do not train and the adapters cannot be
     turned off; `unmerge_fourierft` restores the original kernels exactly.
-    Quantized layers refuse (they run unmerged).
+    Quantized layers refuse (they run unmerged). All layers merge, or none.
 
     Args:
-        model: A model adapted with `enable_fourierft`.
-        safe_merge: If True (default), check for NaN/Inf before merging; on
-            failure no layer is left merged.
+        target: An adapted model or layer.
+        safe_merge: If True (default), check for NaN/Inf before merging.
+
+    Example:
+
+    >>> keras_fourierft.merge_fourierft(model)
     """
-    layers = _require_adapted(model)
+    layers = _adapted(target)
     for path, layer in layers:
         if layer.quantization_mode is not None:
             raise ValueError(
@@ -398,7 +598,7 @@ def merge_fourierft(model, safe_merge=True):
                 "adapters on before merging."
             )
     _merge_all([layer for _, layer in layers], safe_merge)
-    reset_compiled_functions(model)
+    _reset_compiled_functions(target)
 
 
 def _merge_all(layers, safe_merge):
@@ -415,39 +615,46 @@ def _merge_all(layers, safe_merge):
         raise
 
 
-def unmerge_fourierft(model):
+def unmerge_fourierft(target):
     """Restores every adapted kernel exactly after `merge_fourierft`.
 
     Args:
-        model: A model adapted with `enable_fourierft`.
+        target: An adapted model or layer.
+
+    Example:
+
+    >>> keras_fourierft.unmerge_fourierft(model)
     """
-    layers = _require_adapted(model)
-    for path, layer in layers:
+    for path, layer in _adapted(target):
         if layer.merged:
             try:
                 layer.unmerge()
             except ValueError as error:
                 raise ValueError(f"Layer {path!r}: {error}") from None
-    reset_compiled_functions(model)
+    _reset_compiled_functions(target)
 
 
-def unload_fourierft(model, merge=True):
-    """Turns every adapted layer back into a plain `Dense`/`EinsumDense`.
+def unload_fourierft(target, merge=True):
+    """Turns adapted layers back into plain `Dense`/`EinsumDense`, in place.
 
-    In place: with `merge=True` the plain layers hold `W + delta_W`, so the
-    model computes what the adapted model computed but needs nothing from
-    this package (save it with `model.save()` or KerasHub's
-    `save_to_preset()`). With `merge=False` the original weights come back.
-    Trainability of the other weights is left as it is.
+    With `merge=True` the plain layers hold `W + delta_W` (a turned-off
+    adapter leaves `W`), so the model needs nothing from this package (save
+    it with `model.save()` or KerasHub's `save_to_preset()`). With
+    `merge=False` the original weights come back. Trainability of the other
+    weights is left as it is.
 
     Args:
-        model: A model adapted with `enable_fourierft`.
+        target: An adapted model or layer.
         merge: Boolean, whether to keep the adapters' effect.
 
     Returns:
-        The same model.
+        The same target.
+
+    Example:
+
+    >>> model = keras_fourierft.unload_fourierft(model)
     """
-    layers = _require_adapted(model)
+    layers = _adapted(target)
     if merge:
         for path, layer in layers:
             if layer.quantization_mode is not None:
@@ -457,170 +664,31 @@ def unload_fourierft(model, merge=True):
                 )
         _merge_all([layer for _, layer in layers if layer.adapter_enabled], True)
     for _, layer in layers:
-        remove_adapter(layer, merge=merge)
-    reset_compiled_functions(model)
-    return model
+        remove_in_place(layer, merge=merge)
+    _reset_compiled_functions(target)
+    return target
 
 
-def reset_compiled_functions(model):
-    """Drops a model's cached train/test/predict functions.
-
-    Needed after anything that changes what `call` traces (enabling,
-    merging, turning adapters on or off); the next `fit`/`predict` traces
-    again.
-
-    Args:
-        model: A Keras model.
-    """
+def _reset_compiled_functions(model):
+    """Drops a model's cached train/test/predict functions."""
     for name in ("train_function", "test_function", "predict_function"):
         if getattr(model, name, None) is not None:
             setattr(model, name, None)
 
 
-def owned_variables(model):
-    """Returns `(path, variable)` for every variable, by owning layer's path.
-
-    Args:
-        model: A Keras model or layer.
-
-    Returns:
-        A list of `(path, variable)` pairs, `path` being
-        `<layer path>/<variable name>` (paths as `walk_layers` gives them).
-    """
+def _owned_variables(model):
+    """`(path, variable)` for every variable, `path` = `<layer path>/<name>`."""
     result = []
-    for path, layer in [("", model)] + walk_layers(model):
-        for variable in _own_variables(layer):
-            result.append((f"{path}/{variable.name}".lstrip("/"), variable))
+    for path, layer in [("", model)] + _walk_layers(model):
+        children = keras_internals.child_layers(layer)
+        inside = {id(v) for child in children for v in child.weights}
+        for variable in layer.weights:
+            if id(variable) not in inside:
+                result.append((f"{path}/{variable.name}".lstrip("/"), variable))
     return result
 
 
-def _own_variables(layer):
-    children = keras_internals.child_layers(layer)
-    inside = {id(v) for child in children for v in child.weights}
-    return [v for v in layer.weights if id(v) not in inside]
-
-
-def _require_adapted(model):
-    layers = fourier_layers(model)
-    if not layers:
-        raise ValueError(
-            f"Model {model.name!r} has no FourierFT adapters. Call "
-            "`keras_fourierft.enable_fourierft(model, ...)` first."
-        )
-    return layers
-
-
-def _check_model(model):
-    if not isinstance(model, keras.layers.Layer):
-        raise TypeError(
-            f"enable_fourierft expects a Keras model. Received {type(model)}."
-        )
-    if not model.built:
-        raise ValueError(
-            f"Model {model.name!r} is not built. Build it (call it on data, or "
-            "load it with `from_preset`) before enabling FourierFT."
-        )
-    existing = fourier_layers(model)
-    if existing:
-        raise ValueError(
-            f"FourierFT is already enabled on model {model.name!r} "
-            f"({len(existing)} adapted layers, e.g. {existing[0][0]!r}). Enable "
-            "it once; to change the adapters, call `unload_fourierft(model, "
-            "merge=False)` first."
-        )
-
-
-def _as_names(argument, value):
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return [value]
-    try:
-        names = list(value)
-    except TypeError:
-        raise TypeError(
-            f"`{argument}` must be a list of strings. Received: {value!r}"
-        ) from None
-    for name in names:
-        if not isinstance(name, str):
-            raise TypeError(
-                f"`{argument}` must be a list of strings. Received: {value!r}"
-            )
-    return names
-
-
-def _to_snake_case(name):
-    # As Keras names layers by default (keras.src.utils.naming).
-    name = re.sub(r"\W+", "", name)
-    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
-    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
-
-
-def _stable_name(layer):
-    """The layer's name, or its class's default name if Keras generated it."""
-    default = _to_snake_case(type(layer).__name__)
-    if re.fullmatch(re.escape(default) + r"(_\d+)?", layer.name):
-        return default
-    return layer.name
-
-
-def _unique(name, used):
-    count = used.get(name, 0)
-    used[name] = count + 1
-    return name if count == 0 else f"{name}_{count}"
-
-
-def _block_index(path):
-    for part in path.split("/"):
-        match = _BLOCK_PATTERN.search(part)
-        if match:
-            return int(match.group(1))
-    return None
-
-
-def _select_targets(walk, names, paths, blocks):
-    names = set(names or ())
-    try:
-        patterns = [re.compile(p) for p in paths or ()]
-    except re.error as error:
-        raise ValueError(
-            f"Invalid regular expression in `target_paths`: {error}"
-        ) from None
-    candidates, targets = [], []
-    for path, layer in walk:
-        is_linear = isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense))
-        if is_linear:
-            candidates.append(path)
-        matched = layer.name in names or any(p.search(path) for p in patterns)
-        if not matched:
-            continue
-        if blocks is not None and _block_index(path) not in set(blocks):
-            continue
-        if not is_linear:
-            raise TypeError(
-                f"Target layer {path!r} is a {type(layer).__name__}; FourierFT "
-                "adapts Dense and EinsumDense layers only. Narrow "
-                "`target_layer_names`/`target_paths`."
-            )
-        targets.append((path, layer))
-    if not targets:
-        shown = ", ".join(candidates[:30]) or "none"
-        raise ValueError(
-            f"No layer matched target_layer_names={sorted(names)}, "
-            f"target_paths={paths}, blocks={blocks}. Dense/EinsumDense layers "
-            f"of this model: {shown}" + (" ..." if len(candidates) > 30 else "")
-        )
-    return targets
-
-
-def _pattern_value(pattern, path, default):
-    for key, value in (pattern or {}).items():
-        if re.search(key, path):
-            return value
-    return default
-
-
-def _freeze(model, bias, trainable_layers):
+def _freeze(model, selection):
     keep = set()
     backbone = getattr(model, "backbone", None)
     if isinstance(backbone, keras.layers.Layer):
@@ -629,16 +697,16 @@ def _freeze(model, bias, trainable_layers):
         if isinstance(preprocessor, keras.layers.Layer):
             inside |= {id(v) for v in preprocessor.weights}
         keep |= {id(v) for v in model.weights if id(v) not in inside}
-    if trainable_layers:
-        patterns = [re.compile(p) for p in trainable_layers]
-        for path, layer in walk_layers(model):
-            if layer.name in trainable_layers or any(p.search(path) for p in patterns):
-                keep |= {id(v) for v in layer.weights}
-    adapted = [layer for _, layer in fourier_layers(model)]
+    for path, layer in _walk_layers(model):
+        if layer.name in selection.keep_names or any(
+            p.search(path) for p in selection.keep_paths
+        ):
+            keep |= {id(v) for v in layer.weights}
+    adapted = list(fourierft_layers(model).values())
     keep |= {id(layer.coefficients) for layer in adapted}
-    if bias == "fourier_only":
+    if selection.bias == "fourier_only":
         keep |= {id(layer.bias) for layer in adapted if layer.bias is not None}
-    if bias == "all":
+    if selection.bias == "all":
         keep |= {id(v) for v in model.weights if v.name == "bias"}
     _make_trainable(model, keep)
     for variable in model.weights:
@@ -654,7 +722,7 @@ def _make_trainable(model, keep):
     kernels or their scales) and those of its sublayers; the flags of layers
     without such a variable are put back, parents before children.
     """
-    layers = [model] + [layer for _, layer in walk_layers(model)]
+    layers = [model] + [layer for _, layer in _walk_layers(model)]
     flags = [layer.trainable for layer in layers]
     # Off first: on TensorFlow, assigning an unchanged flag does nothing.
     model.trainable = False
@@ -664,20 +732,36 @@ def _make_trainable(model, keep):
             layer.trainable = flag
 
 
-def _summarize(model, adapted):
-    layers = []
-    for path, layer in adapted:
-        view = layer._view
-        layers.append(
-            AdaptedLayer(
-                path, view["in_features"], view["out_features"], layer.n_frequency
-            )
+def _summarize(target, paths):
+    layers = [
+        AdaptedLayer(
+            path,
+            layer._view["in_features"],
+            layer._view["out_features"],
+            layer.n_frequency,
         )
+        for layer, path in paths.items()
+    ]
     coefficients = sum(layer.n_frequency for layer in layers)
-    trainable = sum(_size(v) for v in model.weights if v.trainable)
-    total = sum(_size(v) for v in model.weights)
+    trainable = sum(_size(v) for v in target.weights if v.trainable)
+    total = sum(_size(v) for v in target.weights)
     return FourierFTSummary(layers, coefficients, trainable - coefficients, total)
 
 
 def _size(variable):
     return math.prod(variable.shape)
+
+
+# Package-internal names under which adapters.py and peft.py reach the walk.
+def walk_layers(model):
+    """`(path, layer)` for every sublayer of a model (package-internal)."""
+    return _walk_layers(model)
+
+
+def fourier_layers(model):
+    """`(path, layer)` for every adapted layer of a model (package-internal)."""
+    return list(fourierft_layers(model).items())
+
+
+enable_fourierft_on_paths = _enable_on_paths
+owned_variables = _owned_variables

@@ -60,3 +60,40 @@ def test_straight_through_logits_follow_the_layer_through_deepcopy():
         keras.ops.convert_to_numpy(layer(ids)),
         keras.ops.convert_to_numpy(type(layer)._int8_call(layer, ids)),
     )
+
+def test_saved_object_paths_are_where_keras_saves_assets(tmp_path):
+    seen = {}
+
+    class Recorder(keras.layers.Layer):
+        def save_assets(self, dir_path):
+            seen[self.name] = dir_path
+
+    class Block(keras.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.inner = Recorder(name="inner")
+            self.items = [Recorder(name="first"), {"k": Recorder(name="second")}]
+
+        def call(self, x):
+            return x
+
+    inputs = keras.Input((2,))
+    block = Block(name="block")
+    model = keras.Model(inputs, block(keras.layers.Dense(2)(inputs)))
+    model.save(str(tmp_path / "m.keras"))
+    paths = keras_internals.saved_object_paths(model)
+    assert len(seen) == 3
+    for name, dir_path in seen.items():
+        (path,) = [p for p, obj in paths.items() if getattr(obj, "name", None) == name]
+        assert dir_path.replace("\\", "/").endswith("/assets/" + path), (path, dir_path)
+    assert paths[""] is model
+
+
+def test_set_monitor_op_follows_the_compiled_metric():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(loss="mse", metrics=["accuracy"])
+    model.evaluate(np.ones((2, 2)), np.ones((2, 1)), verbose=0)
+    callback = keras.callbacks.ModelCheckpoint("m.keras", monitor="val_accuracy")
+    callback.set_model(model)
+    keras_internals.set_monitor_op(callback)
+    assert bool(callback.monitor_op(2.0, 1.0))

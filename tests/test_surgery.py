@@ -268,6 +268,7 @@ def test_vit_backbone():
     np.testing.assert_allclose(ops.convert_to_numpy(model(x)), expected, atol=1e-5)
 
 
+@pytest.mark.large
 def test_real_minilm_fit_counts_and_adapter_size(tmp_path):
     import importlib.util
     import pathlib
@@ -377,6 +378,13 @@ def test_auto_named_layers_get_unique_stable_paths(tmp_path):
         ({"lr_multiplier": float("nan")}, "lr_multiplier"),
         ({"compute": "fast"}, "compute"),
         ({"target_layer_names": [1]}, "target_layer_names"),
+        ({"trainable_layers": ["("]}, "trainable_layers"),
+        ({"target_paths": ["query["]}, "target_paths"),
+        ({"n_frequency_pattern": {"value(": 5}}, "n_frequency_pattern"),
+        ({"n_frequency_pattern": ["value"]}, "n_frequency_pattern"),
+        ({"n_frequency_pattern": {"value$": 0}}, "n_frequency_pattern"),
+        ({"blocks": 0}, "blocks"),
+        ({"blocks": ["0"]}, "blocks"),
     ],
 )
 def test_bad_arguments_leave_model_untouched(kwargs, message):
@@ -401,8 +409,9 @@ def test_default_targets_follow_the_backbone():
     model = models.bert_classifier()
     expected = model.backbone.default_lora_layer_names()
     summary = enable_fourierft(model, n_frequency=5)
-    names = {layer.path.split("/")[-1] for layer in summary.layers}
-    assert names and names <= set(expected)
+    names = sorted(layer.path.split("/")[-1] for layer in summary.layers)
+    assert set(expected) >= {"query", "value"}
+    assert names == ["query", "query", "value", "value"]
 
 
 def test_merged_model_refuses_disabling_and_detects_overwrites():
@@ -488,3 +497,28 @@ def test_frozen_model_trains_its_adapters():
     assert summary.trainable_params == sum(
         int(np.prod(v.shape)) for v in model.trainable_weights
     )
+
+
+def test_invalid_trainable_layers_regex_changes_nothing_and_allows_a_retry():
+    model = models.bert_classifier()
+    before = snapshot(model)
+    flags = [v.trainable for v in model.weights]
+    with pytest.raises(ValueError, match="`trainable_layers` holds '\\('"):
+        enable_fourierft(model, n_frequency=5, trainable_layers=["("])
+    assert fourier_layers(model) == []
+    assert [v.trainable for v in model.weights] == flags
+    assert_same_weights(before, snapshot(model))
+    summary = enable_fourierft(model, n_frequency=5, trainable_layers=["pooled"])
+    assert len(summary.layers) == 4
+
+
+def test_user_given_names_that_look_generated_are_kept():
+    inputs = keras.Input((6,))
+    x = keras.layers.Dense(6, name="dense_1")(inputs)
+    outputs = keras.layers.Dense(6, name="dense")(x)
+    model = keras.Model(inputs, outputs)
+    summary = enable_fourierft(
+        model, target_layer_names=[], target_paths=["dense_1$"], n_frequency=4
+    )
+    assert [layer.path for layer in summary.layers] == ["dense_1"]
+    assert [layer.name for _, layer in fourier_layers(model)] == ["dense_1"]
