@@ -135,6 +135,7 @@ def _int8_logits(layer, inputs, table, scale):
 
     return logits_of(inputs, table, ops.convert_to_tensor(scale))
 
+
 def saved_object_paths(model):
     """The path Keras's `.keras` saving gives each object of a model.
 

@@ -61,6 +61,7 @@ def test_straight_through_logits_follow_the_layer_through_deepcopy():
         keras.ops.convert_to_numpy(type(layer)._int8_call(layer, ids)),
     )
 
+
 def test_saved_object_paths_are_where_keras_saves_assets(tmp_path):
     seen = {}
 
