@@ -142,9 +142,14 @@ def training_arrays(tokenizer, pairs, end_id, pad_id):
     for row, (question, answer) in enumerate(pairs):
         prompt = _ids(tokenizer, smollm2.chat_prompt(question))
         reply = _ids(tokenizer, answer) + [end_id]
-        ids = (prompt + reply)[: SEQUENCE_LENGTH + 1]
+        ids = prompt + reply
+        if len(ids) > SEQUENCE_LENGTH + 1:
+            raise ValueError(
+                f"{question!r} and its answer take {len(ids)} tokens; "
+                f"SEQUENCE_LENGTH ({SEQUENCE_LENGTH}) holds {SEQUENCE_LENGTH + 1}."
+            )
         token_ids[row, : len(ids)] = ids
-        mask[row, : len(ids)] = True
+        mask[row, : len(ids) - 1] = True  # the inputs: all but the last
         weights[row, len(prompt) : len(ids)] = 1.0
     x = {"token_ids": token_ids[:, :-1], "padding_mask": mask[:, :-1]}
     return x, token_ids[:, 1:], weights[:, 1:]

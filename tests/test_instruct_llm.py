@@ -13,9 +13,11 @@ import pytest
 
 ROOT = pathlib.Path(__file__).parents[1]
 EXAMPLE = ROOT / "examples" / "instruct_llm.py"
-# Keras LoRA r=8 on SmolLM2's query (576 -> 9 x 64) and value (576 -> 3 x 64)
-# in 30 layers: A (576, 8) and B (8, out) each.
-LORA_PARAMS = 30 * ((576 * 8 + 8 * 576) + (576 * 8 + 8 * 192))
+# Keras LoRA r=8 on SmolLM2's query kernel (576, 9, 64) and value kernel
+# (576, 3, 64) in 30 layers: Keras's `EinsumDense.enable_lora` factors an
+# EinsumDense kernel over its last axis, A `kernel.shape[:-1] + (8,)` and
+# B `(8, 64)`.
+LORA_PARAMS = 30 * ((576 * 9 * 8 + 8 * 64) + (576 * 3 * 8 + 8 * 64))
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +47,8 @@ class _CharTokenizer:
         return np.array([ord(c) for c in text])
 
 
-def test_loss_counts_the_answer_tokens_only(example):
+def test_loss_counts_the_answer_tokens_only(example, monkeypatch):
+    monkeypatch.setattr(example, "SEQUENCE_LENGTH", 300)
     pairs = [("two", "2"), ("one hundred and five", "105")]
     x, y, weights = example.training_arrays(_CharTokenizer(), pairs, 9, 0)
     for row, (question, answer) in enumerate(pairs):
@@ -59,7 +62,12 @@ def test_loss_counts_the_answer_tokens_only(example):
         np.testing.assert_array_equal(
             y[row][weights[row] == 1], [ord(c) for c in answer] + [9]
         )
-    assert x["token_ids"].shape == (2, example.SEQUENCE_LENGTH)
+    assert x["token_ids"].shape == (2, 300)
+
+
+def test_too_long_an_example_is_refused_not_cut(example):
+    with pytest.raises(ValueError, match="take 1[0-9][0-9] tokens"):
+        example.training_arrays(_CharTokenizer(), [("two", "2")], 9, 0)
 
 
 def test_layer_map_names_transformers_llama_modules(example):
