@@ -106,6 +106,7 @@ def test_not_a_gguf_file_is_refused(tmp_path, cache):
 
 
 @pytest.mark.large
+@pytest.mark.tensorflow_only  # backend-independent: once is enough
 @pytest.mark.parametrize("keep", [64, 5_000_000, -1000])
 def test_truncated_file_is_refused(tmp_path, cache, keep):
     before = sorted(p.relative_to(cache) for p in cache.rglob("*"))
@@ -118,6 +119,7 @@ def test_truncated_file_is_refused(tmp_path, cache, keep):
 
 
 @pytest.mark.large
+@pytest.mark.tensorflow_only  # backend-independent: once is enough
 def test_interrupted_conversion_leaves_nothing(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     real_write = smollm2._write_folder
