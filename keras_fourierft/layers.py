@@ -995,3 +995,11 @@ def is_adapted(layer):
         Boolean.
     """
     return isinstance(layer, _FourierFTMixin)
+
+
+def adapt_in_place(layer, config):
+    return adapt_layer(layer, config)
+
+
+def remove_in_place(layer, merge=True):
+    return remove_adapter(layer, merge=merge)

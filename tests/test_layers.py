@@ -1,9 +1,11 @@
 import os
+import threading
 
 import keras
 import numpy as np
 import pytest
 from keras import ops
+from keras.src import testing
 
 from keras_fourierft import FourierDense
 from keras_fourierft import FourierEinsumDense
@@ -618,3 +620,107 @@ def test_remove_adapter_in_place():
     assert type(layer) is keras.layers.Dense
     assert [v.name for v in layer.weights] == ["kernel", "bias"]
     np.testing.assert_allclose(ops.convert_to_numpy(layer(x)), adapted, atol=1e-5)
+
+
+class LayerHardeningTest(testing.TestCase):
+    def test_concurrent_quantized_calls_keep_the_activation(self):
+        layer = _dense(64, 32, activation="relu")
+        layer.quantize("int8")
+        adapt_layer(layer, n_frequency=30, scaling=20.0)
+        x = np.random.default_rng(0).normal(size=(64, 32)).astype("float32")
+        expected = ops.convert_to_numpy(layer(x))
+        self.assertGreaterEqual(expected.min(), 0.0)
+        errors = []
+
+        def work():
+            try:
+                for _ in range(30):
+                    y = ops.convert_to_numpy(layer(x))
+                    if y.min() < 0:
+                        errors.append("activation skipped")
+            except Exception as error:  # noqa: BLE001 - reported below
+                errors.append(repr(error))
+
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        self.assertEqual(errors, [])
+        self.assertIs(layer.activation, keras.activations.relu)
+        self.assertAllClose(ops.convert_to_numpy(layer(x)), expected)
+
+    def test_float64_layers_are_exact(self):
+        rng = np.random.default_rng(0)
+        kernel = rng.normal(size=(6, 5)) + 1e-9
+        plain = keras.layers.Dense(5, dtype="float64")
+        plain.build((None, 6))
+        plain.kernel.assign(kernel)
+        x = rng.normal(size=(3, 6))
+        expected = ops.convert_to_numpy(plain(x))
+        layer = keras.layers.Dense(5, dtype="float64")
+        layer.build((None, 6))
+        layer.kernel.assign(kernel)
+        adapt_layer(
+            layer, n_frequency=4, coefficient_initializer="zeros", compute="dense"
+        )
+        y = ops.convert_to_numpy(layer(x))
+        self.assertEqual(y.dtype, np.float64)
+        np.testing.assert_array_equal(y, expected)
+        layer.merge()
+        np.testing.assert_array_equal(ops.convert_to_numpy(layer.kernel), kernel)
+        layer.unmerge()
+        remove_adapter(layer, merge=True)
+        np.testing.assert_array_equal(ops.convert_to_numpy(layer.kernel), kernel)
+
+    def test_lora_on_an_adapted_layer_is_refused(self):
+        layer = adapt_layer(_dense(6, 5), n_frequency=8)
+        with self.assertRaisesRegex(ValueError, "LoRA"):
+            layer.enable_lora(2)
+        self.assertFalse(layer.lora_enabled)
+        self.assertEqual([v.name for v in layer.trainable_weights], ["coefficients"])
+
+    def test_constructor_refuses_lora_rank_and_constraints(self):
+        with self.assertRaisesRegex(ValueError, "lora_rank"):
+            FourierDense(4, n_frequency=3, lora_rank=2)
+        with self.assertRaisesRegex(ValueError, "lora_rank"):
+            FourierEinsumDense("ab,bc->ac", (4,), n_frequency=3, lora_rank=2)
+        with self.assertRaisesRegex(ValueError, "kernel_constraint"):
+            FourierDense(4, n_frequency=3, kernel_constraint="non_neg")
+        with self.assertRaisesRegex(ValueError, "kernel_constraint"):
+            FourierEinsumDense(
+                "ab,bc->ac", (4,), n_frequency=3, kernel_constraint="non_neg"
+            )
+
+    def test_quantizing_a_merged_model_changes_no_layer_first(self):
+        model = keras.Sequential(
+            [
+                keras.Input((6,)),
+                keras.layers.Dense(12, name="first"),
+                keras.layers.Dense(12, name="query"),
+                keras.layers.Dense(3, name="head"),
+            ]
+        )
+        query = adapt_layer(model.get_layer("query"), n_frequency=8)
+        query.merge()
+        x = np.ones((2, 6), "float32")
+        merged_output = ops.convert_to_numpy(model(x))
+        model.quantize("int8")
+        # Every layer is quantized and the adapter runs unmerged on the
+        # quantized base: the model stays consistent.
+        for layer in model.layers:
+            self.assertEqual(layer.quantization_mode, "int8")
+        self.assertFalse(query.merged)
+        self.assertTrue(query.adapter_enabled)
+        output = ops.convert_to_numpy(model(x))
+        self.assertAllClose(output, merged_output, rtol=0.05, atol=0.05)
+        query.adapter_enabled = False
+        self.assertNotAllClose(ops.convert_to_numpy(model(x)), output)
+
+    def test_repr_and_summary_show_the_adapted_class(self):
+        model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4)])
+        layer = adapt_layer(model.layers[0], n_frequency=5)
+        self.assertIn("FourierDense", repr(layer))
+        lines = []
+        model.summary(print_fn=lambda line, **kwargs: lines.append(line))
+        self.assertIn("FourierDense", "\n".join(lines))
