@@ -1,17 +1,35 @@
-"""The few private Keras touches that in-place adaptation needs, in one place.
+"""Every private Keras touch of the package, in one place.
 
-Keras's own `Dense.enable_lora` adds variables to a built layer between
-`layer._tracker.unlock()` and `layer._tracker.lock()`, and KerasHub walks a
-model's layers with `layer._flatten_layers()`. This package does the same,
-and re-creates the per-instance `quantize` wrapper of `Layer.__new__` when a
-layer's class changes (`_check_quantize_args`, `validate_and_resolve_config`).
+In-place adaptation needs a few things Keras keeps private:
+
+- `layer._tracker.unlock()`/`lock()`, to add or drop variables of a built
+  layer, as Keras's own `Dense.enable_lora` does (`unlocked_tracker`);
+- `layer._flatten_layers()`, to walk a model's layers as KerasHub does
+  (`child_layers`);
+- `layer._kernel`, the kernel variable of `Dense`/`EinsumDense` (the public
+  `kernel` property returns a LoRA-merged or dequantized value)
+  (`kernel_variable`);
+- `layer._called`, whether a layer ran a call (`was_called`);
+- the per-instance `quantize` wrapper of `Layer.__new__`
+  (`_check_quantize_args`, `validate_and_resolve_config`), re-made when a
+  layer's class changes (`set_layer_class`);
+- `Layer._check_load_own_variables`, overridden by `CountsOwnVariables`;
+- the module that prints `Model.summary()` (`keras.src.utils.summary_utils`),
+  the one caller to which `ShowsAdaptedName` classes give their own name.
+
 Nothing else private is used anywhere in the package;
-`tests/test_keras_internals.py` checks these names against the installed
+`tests/test_keras_internals.py` tests each of these against the installed
 Keras.
 """
 
 import contextlib
 import functools
+import sys
+
+import keras
+
+# `Model.summary()` reads `layer.__class__.__name__` here.
+_SUMMARY_MODULE = "keras.src.utils.summary_utils"
 
 
 @contextlib.contextmanager
@@ -46,6 +64,30 @@ def child_layers(layer):
     return list(layer._flatten_layers(include_self=False, recursive=False))
 
 
+def kernel_variable(layer):
+    """The kernel variable of a `Dense`/`EinsumDense` (float or quantized).
+
+    Args:
+        layer: A built `Dense` or `EinsumDense`.
+
+    Returns:
+        The `keras.Variable` Keras stores the kernel in.
+    """
+    return layer._kernel
+
+
+def was_called(layer):
+    """Whether a layer has run a call (eagerly or in a traced function).
+
+    Args:
+        layer: A Keras layer.
+
+    Returns:
+        Boolean.
+    """
+    return bool(getattr(layer, "_called", False))
+
+
 def set_layer_class(layer, cls):
     """Changes a built layer's class in place, keeping Keras's `quantize` hook.
 
@@ -70,3 +112,34 @@ def set_layer_class(layer, cls):
             method(mode=config.mode, config=config, **kwargs)
 
     layer.quantize = quantize_wrapper
+
+
+class CountsOwnVariables:
+    """A layer mixin whose `load_own_variables` checks the entry count itself.
+
+    Keras's `Layer._check_load_own_variables` compares a store with all of a
+    layer's variables; an adapted layer accepts a plain layer's entries too,
+    and checks that in its own `load_own_variables`.
+    """
+
+    def _check_load_own_variables(self, store):
+        return None
+
+
+class ShowsAdaptedName(type(keras.layers.Layer)):
+    """A metaclass: `Model.summary()` shows the class's own name.
+
+    Keras keys list-held layers (Sequential and Functional models) in
+    weight files by `layer.__class__.__name__`, so an adapted class keeps its
+    base class's name (given as `display_base`) for every reader, and a
+    layer keeps its place in weight files when it is adapted. Only the
+    summary printer is given the adapted class's own name (`__qualname__`);
+    the layers' `repr` uses it too.
+    """
+
+    @property
+    def __name__(cls):
+        caller = sys._getframe(1).f_globals.get("__name__")
+        if caller == _SUMMARY_MODULE:
+            return cls.__qualname__
+        return cls.__dict__.get("display_base", cls.__qualname__)

@@ -67,7 +67,11 @@ def test_only_coefficients_are_trainable():
     layer = adapt_layer(_dense(12, 10), n_frequency=7)
     assert [v.name for v in layer.trainable_weights] == ["coefficients"]
     assert tuple(layer.coefficients.shape) == (7,)
-    assert sorted(v.name for v in layer.non_trainable_weights) == ["bias", "kernel"]
+    assert sorted(v.name for v in layer.non_trainable_weights) == [
+        "bias",
+        "fourierft_active",
+        "kernel",
+    ]
 
 
 def test_unbuilt_layer_is_built_on_first_call():
@@ -494,7 +498,7 @@ def test_run_layer_test_for_both_classes():
         input_shape=(2, 4),
         expected_output_shape=(2, 6),
         expected_num_trainable_weights=1,
-        expected_num_non_trainable_weights=2,
+        expected_num_non_trainable_weights=3,
         supports_masking=True,
         run_training_check=False,
     )
@@ -509,7 +513,7 @@ def test_run_layer_test_for_both_classes():
         input_shape=(2, 5, 8),
         expected_output_shape=(2, 5, 3, 4),
         expected_num_trainable_weights=1,
-        expected_num_non_trainable_weights=2,
+        expected_num_non_trainable_weights=3,
         run_training_check=False,
     )
 
