@@ -295,7 +295,11 @@ class _AdapterState:
         return self._locations
 
     def plan(self, path):
-        """The index plan of one compute path, built on first use (numpy)."""
+        """The index plan of one compute path, built on first use.
+
+        Numpy arrays: every call path takes them as constants (a tensor made
+        inside a traced function would belong to that trace).
+        """
         if path not in self._plans:
             indices = spectral.kernel_indices(self.locations)
             size = (self._view["in_features"], self._view["out_features"])
@@ -303,7 +307,7 @@ class _AdapterState:
                 spectral.spectral_plan if path == "dense" else spectral.activation_plan
             )
             self._plans[path] = make(indices, size)
-        return {key: ops.convert_to_tensor(v) for key, v in self._plans[path].items()}
+        return self._plans[path]
 
 
 @contextlib.contextmanager
@@ -344,14 +348,16 @@ class _ComputePaths:
         # and so does TensorFlow's `ops.add` with two empty `(0, units)` ones.
         if 0 in tuple(inputs.shape):
             return base()
-        return ops.cond(self._fourierft.gate.value, adapted, base)
+        mode = self._compute_mode(inputs)
+        plan = self._fourierft.plan(mode)
+        return ops.cond(self._fourierft.gate.value, lambda: adapted(mode, plan), base)
 
     def call(self, inputs, training=None):
         base = super().call
         return self._gated(
             inputs,
             lambda: base(inputs, training=training),
-            lambda: self._adapted_call(inputs),
+            lambda mode, plan: self._adapted_call(inputs, mode, plan),
         )
 
     def quantized_call(self, inputs, training=None):
@@ -359,34 +365,37 @@ class _ComputePaths:
         return self._gated(
             inputs,
             lambda: base(inputs, training=training),
-            lambda: self._adapted_quantized_call(base, inputs, training),
+            lambda mode, plan: self._adapted_quantized_call(
+                base, inputs, training, mode, plan
+            ),
         )
 
-    def _adapted_call(self, inputs):
-        if self._compute_mode(inputs) == "dense":
+    def _adapted_call(self, inputs, mode, plan):
+        if mode == "dense":
             kernel = self.kernel
             work = _work_dtype(kernel.dtype)
+            delta = self._delta_2d(plan)
             kernel = ops.add(
-                ops.cast(kernel, work), ops.cast(self.delta_weight(), work)
+                ops.cast(kernel, work), ops.cast(self._shaped(delta), work)
             )
             x = self._linear(inputs, ops.cast(kernel, self.compute_dtype))
         else:
             rows, restore = self._rows(inputs)
-            update = self._adapter_rows(rows, "activation")
+            update = self._adapter_rows(rows, mode, plan)
             x = ops.add(
                 self._linear(inputs, self.kernel),
                 restore(ops.cast(update, self.compute_dtype)),
             )
         return self._finish(x)
 
-    def _adapted_quantized_call(self, base, inputs, training):
+    def _adapted_quantized_call(self, base, inputs, training, mode, plan):
         token = _WITHOUT_ACTIVATION.set(self)
         try:
             x = base(inputs, training=training)
         finally:
             _WITHOUT_ACTIVATION.reset(token)
         rows, restore = self._rows(inputs)
-        update = self._adapter_rows(rows, self._compute_mode(inputs))
+        update = self._adapter_rows(rows, mode, plan)
         x = ops.add(x, restore(ops.cast(update, x.dtype)))
         if self.activation is not None:
             x = self.activation(x)
@@ -414,23 +423,22 @@ class _ComputePaths:
             tokens, view["in_features"], view["out_features"], self.n_frequency
         )
 
-    def _adapter_rows(self, rows, mode):
+    def _adapter_rows(self, rows, mode, plan):
         """`rows @ delta_W` for `(tokens, d1)` rows, float32."""
         view = self._fourierft.view
         shape = (view["in_features"], view["out_features"])
         if mode == "activation":
             return spectral.spectral_matmul(
-                rows,
-                self.spectrum,
-                self._fourierft.plan("activation"),
-                shape,
-                self.scaling,
+                rows, self.spectrum, plan, shape, self.scaling
             )
-        return ops.matmul(ops.cast(rows, "float32"), self._delta_2d())
+        return ops.matmul(ops.cast(rows, "float32"), self._delta_2d(plan))
 
     def delta_weight(self):
         """Returns delta_W in the kernel's own shape, as a float32 tensor."""
-        delta = self._delta_2d()
+        return self._shaped(self._delta_2d(self._fourierft.plan("dense")))
+
+    def _shaped(self, delta):
+        """A 2-D `(d1, d2)` update in the kernel's own shape."""
         equation = getattr(self, "equation", None)
         if equation is None:
             return delta
@@ -439,11 +447,11 @@ class _ComputePaths:
         delta = ops.reshape(delta, [shape[axis] for axis in permutation])
         return ops.transpose(delta, np.argsort(permutation).tolist())
 
-    def _delta_2d(self):
+    def _delta_2d(self, plan):
         view = self._fourierft.view
         return spectral.delta_from_plan(
             self.spectrum,
-            self._fourierft.plan("dense"),
+            plan,
             (view["in_features"], view["out_features"]),
             self.scaling,
         )
