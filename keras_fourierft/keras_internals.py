@@ -15,7 +15,9 @@ In-place adaptation needs a few things Keras keeps private:
   layer's class changes (`set_layer_class`);
 - `Layer._check_load_own_variables`, overridden by `CountsOwnVariables`;
 - the module that prints `Model.summary()` (`keras.src.utils.summary_utils`),
-  the one caller to which `ShowsAdaptedName` classes give their own name.
+  the one caller to which `ShowsAdaptedName` classes give their own name;
+- `keras.src.saving.keras_saveable.KerasSaveable`, the base of objects Keras
+  saves in their own group of a weights file (`Saveable`).
 
 Nothing else private is used anywhere in the package;
 `tests/test_keras_internals.py` tests each of these against the installed
@@ -27,6 +29,7 @@ import functools
 import sys
 
 import keras
+from keras.src.saving.keras_saveable import KerasSaveable
 
 # `Model.summary()` reads `layer.__class__.__name__` here.
 _SUMMARY_MODULE = "keras.src.utils.summary_utils"
@@ -114,6 +117,20 @@ def set_layer_class(layer, cls):
     layer.quantize = quantize_wrapper
 
 
+class Saveable(KerasSaveable):
+    """An object Keras saves in its own group of a weights file.
+
+    Held in an attribute `name` of a layer, its `save_own_variables` and
+    `load_own_variables` get the store at `<layer path>/<name>/vars`; a
+    layer that lacks the attribute ignores that group on loading.
+    """
+
+    def _obj_type(self):
+        # Keras walks a saveable's attributes minus a skip set chosen by this
+        # type; "Loss" skips a `keras.losses.Loss`'s few attributes.
+        return "Loss"
+
+
 class CountsOwnVariables:
     """A layer mixin whose `load_own_variables` checks the entry count itself.
 
@@ -140,6 +157,7 @@ class ShowsAdaptedName(type(keras.layers.Layer)):
     @property
     def __name__(cls):
         caller = sys._getframe(1).f_globals.get("__name__")
+        own = type.__dict__["__name__"].__get__(cls)
         if caller == _SUMMARY_MODULE:
-            return cls.__qualname__
-        return cls.__dict__.get("display_base", cls.__qualname__)
+            return own
+        return cls.__dict__.get("display_base", own)

@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import warnings
+import weakref
 
 import keras
 import numpy as np
@@ -249,8 +250,14 @@ class _Merged(collections.namedtuple("_Merged", "original digest trainable")):
     whether its coefficients were trainable before the merge."""
 
 
-class _AdapterState:
+class _AdapterState(keras_internals.Saveable):
     """Everything an adapted layer adds, in one place.
+
+    Held as the layer's `_fourierft` attribute, it is also what Keras saves
+    the coefficients from: weights files hold them in the group
+    `<layer>/_fourierft/vars`, apart from the layer's own entries, so a file
+    of the adapted model loads into the plain model (which ignores the
+    group) and a plain model's file loads into the adapted one.
 
     Attributes:
         config: The layer's `FourierFTConfig`.
@@ -260,7 +267,8 @@ class _AdapterState:
         added: Names of the attributes adaptation added to the layer.
     """
 
-    def __init__(self, config):
+    def __init__(self, layer, config):
+        self._layer = weakref.ref(layer)
         self.config = config
         self.enabled = True
         self.merged = None
@@ -269,6 +277,22 @@ class _AdapterState:
         self._plans = {}
         self._view = None
         self._locations = None
+
+    def save_own_variables(self, store):
+        layer = self._layer()
+        if layer is not None and layer.built:
+            store["0"] = layer.coefficients
+
+    def load_own_variables(self, store):
+        layer = self._layer()
+        if layer is None or not layer.built or not len(store.keys()):
+            return
+        if sorted(store.keys()) != ["0"]:
+            raise ValueError(
+                f"Layer {layer.name!r}: the file's FourierFT group holds "
+                f"{sorted(store.keys())}, not one coefficients entry."
+            )
+        layer._load_coefficients(store["0"])
 
     def bind(self, kernel_shape, equation):
         self._view = geometry.kernel_view(equation, kernel_shape)
@@ -672,7 +696,7 @@ class _FourierFTMixin(_ComputePaths, _MergeState, keras_internals.CountsOwnVaria
 
     def _init_fourierft(self, config):
         before = set(vars(self))
-        self._fourierft = _AdapterState(config)
+        self._fourierft = _AdapterState(self, config)
         self.model_path = None
         self._fourierft.added |= set(vars(self)) - before
 
@@ -781,6 +805,14 @@ class _FourierFTMixin(_ComputePaths, _MergeState, keras_internals.CountsOwnVaria
             raise ValueError(f"Layer {self.name!r}: NaN or Inf values in the {what}.")
         return values
 
+    def _load_coefficients(self, values):
+        values = self._checked_coefficients(values, "stored FourierFT coefficients")
+        was_merged = self.merged
+        self.unmerge(force=True)
+        self.coefficients.assign(values)
+        if was_merged:
+            self.merge()
+
     def adapter_config(self):
         """The settings that define this adapter's spectrum.
 
@@ -807,12 +839,12 @@ class _FourierFTMixin(_ComputePaths, _MergeState, keras_internals.CountsOwnVaria
         return len(probe)
 
     def save_own_variables(self, store):
-        """Stores the base layer's entries, then the coefficients.
+        """Stores the base layer's entries, as the plain layer does.
 
-        The base entries (kernel, bias and any quantization scales) come
-        first, at the indices the plain layer uses, so a full-model weights
-        file keeps the base model's layout; a merged kernel is saved
-        unmerged. The stored coefficients follow.
+        The entries (kernel, bias and any quantization scales) sit at the
+        indices the plain layer uses, so a full-model weights file keeps the
+        base model's layout; a merged kernel is saved unmerged. The
+        coefficients go to the adapter's own group (see `_AdapterState`).
         """
         if not self.built:
             return
@@ -822,14 +854,13 @@ class _FourierFTMixin(_ComputePaths, _MergeState, keras_internals.CountsOwnVaria
             base["0"] = self._fourierft.merged.original
         for key, value in base.items():
             store[key] = value
-        store[str(len(base))] = self.coefficients
 
     def load_own_variables(self, store):
-        """Loads what `save_own_variables` wrote, or a plain layer's entries.
+        """Loads the plain layer's entries (and 0.2's trailing coefficients).
 
-        A store with only the plain layer's entries loads the base weights
-        and keeps the coefficients. A merged layer is unmerged, loaded and
-        merged again.
+        The base weights load; the coefficients come from the adapter's own
+        group, or, in files written by version 0.2, from the entry after the
+        base entries. A merged layer is unmerged, loaded and merged again.
         """
         if not self.built:
             return
