@@ -72,18 +72,18 @@ class FourierFTConfig:
     def __post_init__(self, compute):
         set_ = object.__setattr__
         if compute is not None:
-            warnings.warn(
-                "The FourierFT setting `compute` is renamed `compute_path`; "
-                "pass `compute_path=` instead.",
-                DeprecationWarning,
-                stacklevel=3,
-            )
             if self.compute_path not in ("auto", compute):
                 raise ValueError(
                     f"Pass one of `compute_path` and `compute` (its deprecated "
                     f"name). Received: compute_path={self.compute_path!r}, "
                     f"compute={compute!r}"
                 )
+            warnings.warn(
+                "The FourierFT setting `compute` is renamed `compute_path`; "
+                "pass `compute_path=` instead.",
+                DeprecationWarning,
+                stacklevel=3,
+            )
             set_(self, "compute_path", compute)
         set_(
             self, "n_frequency", check_positive_integer("n_frequency", self.n_frequency)

@@ -13,6 +13,7 @@ from keras_fourierft import adapt_layer
 from keras_fourierft import frequency_locations
 from keras_fourierft import kernel_view
 from keras_fourierft import remove_adapter
+from keras_fourierft.config import FourierFTConfig
 from tests.helpers import gradient
 
 
@@ -293,6 +294,16 @@ def test_disabled_adapter_gives_base_output():
     layer = adapt_layer(base, n_frequency=5)
     layer.adapter_enabled = False
     np.testing.assert_allclose(ops.convert_to_numpy(layer(x)), expected, atol=1e-6)
+    # The adapter is live when on: turning it off changes the output by the
+    # numpy reference update, so a `call` that ignored the adapter fails.
+    layer.adapter_enabled = True
+    delta = _numpy_delta(
+        ops.convert_to_numpy(layer.spectrum), layer.locations, 3, 4, layer.scaling
+    )
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(layer(x)), expected + x @ delta, atol=1e-4
+    )
+    assert np.abs(x @ delta).max() > 1e-2
 
 
 def test_safe_merge_refuses_non_finite():
@@ -488,34 +499,32 @@ def test_auto_compute_picks_by_shape():
     assert big._compute_mode(ops.zeros((512, 4096))) == "activation"
 
 
-def test_run_layer_test_for_both_classes():
-    from keras.src.testing import test_case
-
-    case = test_case.TestCase()
-    case.run_layer_test(
-        FourierDense,
-        init_kwargs={"units": 6, "n_frequency": 5, "compute": "activation"},
-        input_shape=(2, 4),
-        expected_output_shape=(2, 6),
-        expected_num_trainable_weights=1,
-        expected_num_non_trainable_weights=3,
-        supports_masking=True,
-        run_training_check=False,
-    )
-    case.run_layer_test(
-        FourierEinsumDense,
-        init_kwargs={
-            "equation": "abc,cde->abde",
-            "output_shape": (5, 3, 4),
-            "bias_axes": "de",
-            "n_frequency": 7,
-        },
-        input_shape=(2, 5, 8),
-        expected_output_shape=(2, 5, 3, 4),
-        expected_num_trainable_weights=1,
-        expected_num_non_trainable_weights=3,
-        run_training_check=False,
-    )
+class LayerContractTest(testing.TestCase):
+    def test_run_layer_test_for_both_classes(self):
+        self.run_layer_test(
+            FourierDense,
+            init_kwargs={"units": 6, "n_frequency": 5, "compute_path": "activation"},
+            input_shape=(2, 4),
+            expected_output_shape=(2, 6),
+            expected_num_trainable_weights=1,
+            expected_num_non_trainable_weights=3,
+            supports_masking=True,
+            run_training_check=True,
+        )
+        self.run_layer_test(
+            FourierEinsumDense,
+            init_kwargs={
+                "equation": "abc,cde->abde",
+                "output_shape": (5, 3, 4),
+                "bias_axes": "de",
+                "n_frequency": 7,
+            },
+            input_shape=(2, 5, 8),
+            expected_output_shape=(2, 5, 3, 4),
+            expected_num_trainable_weights=1,
+            expected_num_non_trainable_weights=3,
+            run_training_check=True,
+        )
 
 
 def test_in_place_keeps_identity_paths_and_file_layout(tmp_path):
@@ -661,6 +670,10 @@ class LayerHardeningTest(testing.TestCase):
         self.assertIs(layer.activation, keras.activations.relu)
         self.assertAllClose(ops.convert_to_numpy(layer(x)), expected)
 
+    @pytest.mark.skipif(
+        keras.backend.backend() == "jax",
+        reason="JAX computes float64 layers in float32 unless x64 is enabled",
+    )
     def test_float64_layers_are_exact(self):
         rng = np.random.default_rng(0)
         kernel = rng.normal(size=(6, 5)) + 1e-9
@@ -765,3 +778,23 @@ class WeightFilesTest(testing.TestCase):
             plain.get_layer("query").kernel,
             model.get_layer("query").original_kernel(),
         )
+
+
+class ComputePathRenameTest(testing.TestCase):
+    def test_compute_is_a_deprecated_name_of_compute_path(self):
+        with pytest.warns(DeprecationWarning, match="compute_path"):
+            config = FourierFTConfig(compute="dense")
+        self.assertEqual(config.compute_path, "dense")
+        self.assertNotIn("compute", config.to_dict())
+        with pytest.warns(DeprecationWarning, match="compute_path"):
+            layer = FourierDense(4, n_frequency=3, compute="activation")
+        self.assertEqual(layer.compute_path, "activation")
+        with self.assertRaisesRegex(ValueError, "compute_path"):
+            FourierFTConfig(compute_path="dense", compute="activation")
+        with self.assertRaisesRegex(ValueError, "compute_path"):
+            FourierFTConfig(compute_path="fast")
+
+    def test_files_with_the_old_key_load(self):
+        config = FourierFTConfig.from_dict({"n_frequency": 9, "compute": "dense"})
+        self.assertEqual(config.compute_path, "dense")
+        self.assertEqual(config.n_frequency, 9)
