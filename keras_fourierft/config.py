@@ -3,6 +3,7 @@
 import dataclasses
 import math
 import numbers
+import warnings
 
 import numpy as np
 
@@ -46,8 +47,9 @@ class FourierFTConfig:
         lr_multiplier: Positive finite float: the variable stores
             `spectrum / lr_multiplier`, which multiplies the coefficients'
             effective learning rate under Adam-family optimizers.
-        compute: `"auto"`, `"dense"` or `"activation"`: how a layer applies
-            the update in training (see `FourierDense`).
+        compute_path: `"auto"`, `"dense"` or `"activation"`: how a layer
+            applies the update (see `FourierDense`).
+        compute: Deprecated name of `compute_path` (a `DeprecationWarning`).
 
     Example:
 
@@ -64,17 +66,36 @@ class FourierFTConfig:
     bandwidth: float | None = None
     coefficient_initializer: str = "normal"
     lr_multiplier: float = DEFAULT_LR_MULTIPLIER
-    compute: str = "auto"
+    compute_path: str = "auto"
+    compute: dataclasses.InitVar[str | None] = None
 
-    def __post_init__(self):
+    def __post_init__(self, compute):
         set_ = object.__setattr__
+        if compute is not None:
+            if self.compute_path not in ("auto", compute):
+                raise ValueError(
+                    f"Pass one of `compute_path` and `compute` (its deprecated "
+                    f"name). Received: compute_path={self.compute_path!r}, "
+                    f"compute={compute!r}"
+                )
+            warnings.warn(
+                "The FourierFT setting `compute` is renamed `compute_path`; "
+                "pass `compute_path=` instead.",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            set_(self, "compute_path", compute)
         set_(
             self, "n_frequency", check_positive_integer("n_frequency", self.n_frequency)
         )
         set_(self, "scaling", check_finite("scaling", self.scaling))
         set_(self, "seed", check_seed(self.seed))
         set_(self, "sampling", _choice("sampling", self.sampling, SAMPLINGS))
-        set_(self, "compute", _choice("compute", self.compute, COMPUTE_MODES))
+        set_(
+            self,
+            "compute_path",
+            _choice("compute_path", self.compute_path, COMPUTE_MODES),
+        )
         set_(
             self,
             "coefficient_initializer",
@@ -136,6 +157,10 @@ class FourierFTConfig:
                 f"{source}: expected a dict of FourierFT settings, got "
                 f"{type(values).__name__}."
             )
+        if "compute" in values and "compute_path" not in values:
+            # Files written before `compute` was renamed.
+            values = dict(values)
+            values["compute_path"] = values.pop("compute")
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

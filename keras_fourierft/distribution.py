@@ -55,6 +55,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_fourierft import keras_internals
+
 
 class _Placeholder:
     """What `Distribution.get_variable_layout` reads of a variable."""
@@ -78,7 +80,9 @@ def coefficients_path(layer):
     Keras names a variable `<layer path>/<name>`; the kernel's path gives
     the layer's, also for a layer adapted long after it was built.
     """
-    return layer._kernel.path.rsplit("/", 1)[0] + "/coefficients"
+    return (
+        keras_internals.kernel_variable(layer).path.rsplit("/", 1)[0] + "/coefficients"
+    )
 
 
 def check_coefficient_layout(layer, n_frequency):
@@ -264,7 +268,7 @@ def check_strategy(layer):
     if distribute is None or not distribute.has_strategy():
         return
     current = distribute.get_strategy()
-    kernel = layer._kernel.value
+    kernel = keras_internals.kernel_variable(layer).value
     if current.extended.variable_created_in_scope(kernel):
         return
     owner = _owner(kernel, distribute)
@@ -302,7 +306,7 @@ def variable_scope(layer):
     distribute = _strategy_api()
     if distribute is None or distribute.has_strategy():
         return contextlib.nullcontext()
-    owner = _owner(layer._kernel.value, distribute)
+    owner = _owner(keras_internals.kernel_variable(layer).value, distribute)
     if owner is None:
         return contextlib.nullcontext()
     return owner.scope()

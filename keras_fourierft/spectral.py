@@ -29,6 +29,7 @@ from keras import ops
 from keras_fourierft.config import SAMPLINGS
 from keras_fourierft.config import check_positive_integer
 from keras_fourierft.config import check_seed
+from keras_fourierft.geometry import kernel_view  # noqa: F401 (public here)
 
 
 def _validate_location_args(out_features, in_features, n_frequency, seed):

@@ -1,7 +1,9 @@
 """The private Keras names the package relies on exist in the installed Keras."""
 
+import h5py
 import keras
 import numpy as np
+import pytest
 
 from keras_fourierft import keras_internals
 
@@ -98,3 +100,53 @@ def test_set_monitor_op_follows_the_compiled_metric():
     callback.set_model(model)
     keras_internals.set_monitor_op(callback)
     assert bool(callback.monitor_op(2.0, 1.0))
+
+
+def test_kernel_variable_is_the_stored_kernel():
+    layer = keras.layers.Dense(3)
+    layer.build((None, 2))
+    assert keras_internals.kernel_variable(layer) is layer.kernel
+    layer.quantize("int8")
+    kernel = keras_internals.kernel_variable(layer)
+    assert kernel.dtype == "int8" and tuple(kernel.shape) == (2, 3)
+
+
+def test_was_called_turns_true_on_the_first_call():
+    layer = keras.layers.Dense(3)
+    layer.build((None, 2))
+    assert not keras_internals.was_called(layer)
+    layer(np.ones((1, 2), "float32"))
+    assert keras_internals.was_called(layer)
+
+
+def test_counts_own_variables_skips_keras_entry_count_check():
+    class Lenient(keras_internals.CountsOwnVariables, keras.layers.Dense):
+        pass
+
+    layer = Lenient(3)
+    layer.build((None, 2))
+    kernel = np.arange(6, dtype="float32").reshape(2, 3)
+    # Keras's own check refuses a store with an extra entry.
+    plain = keras.layers.Dense(3)
+    plain.build((None, 2))
+    store = {"0": kernel, "1": np.zeros(3, "float32"), "2": np.zeros(1)}
+    with pytest.raises(ValueError, match="expected 2 variables"):
+        plain.load_own_variables(store)
+    layer.load_own_variables(store)
+    np.testing.assert_array_equal(np.asarray(layer.kernel), kernel)
+
+
+def test_shows_adapted_name_only_to_the_summary(tmp_path):
+    class Shown(keras.layers.Dense, metaclass=keras_internals.ShowsAdaptedName):
+        display_base = "Dense"
+
+    assert Shown.__name__ == "Dense"
+    model = keras.Sequential([keras.Input((2,)), Shown(3), keras.layers.Dense(1)])
+    lines = []
+    model.summary(print_fn=lambda line, **kwargs: lines.append(line))
+    assert "Shown" in "\n".join(lines)
+    path = str(tmp_path / "shown.weights.h5")
+    model.save_weights(path)
+    with h5py.File(path) as file:
+        # Keras keys list-held layers by class name: the base name is used.
+        assert sorted(file["layers"]) == ["dense", "dense_1"]

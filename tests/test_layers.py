@@ -1,9 +1,11 @@
 import os
+import threading
 
 import keras
 import numpy as np
 import pytest
 from keras import ops
+from keras.src import testing
 
 from keras_fourierft import FourierDense
 from keras_fourierft import FourierEinsumDense
@@ -11,6 +13,7 @@ from keras_fourierft import adapt_layer
 from keras_fourierft import frequency_locations
 from keras_fourierft import kernel_view
 from keras_fourierft import remove_adapter
+from keras_fourierft.config import FourierFTConfig
 from tests.helpers import gradient
 
 
@@ -65,7 +68,11 @@ def test_only_coefficients_are_trainable():
     layer = adapt_layer(_dense(12, 10), n_frequency=7)
     assert [v.name for v in layer.trainable_weights] == ["coefficients"]
     assert tuple(layer.coefficients.shape) == (7,)
-    assert sorted(v.name for v in layer.non_trainable_weights) == ["bias", "kernel"]
+    assert sorted(v.name for v in layer.non_trainable_weights) == [
+        "bias",
+        "fourierft_active",
+        "kernel",
+    ]
 
 
 def test_unbuilt_layer_is_built_on_first_call():
@@ -287,6 +294,16 @@ def test_disabled_adapter_gives_base_output():
     layer = adapt_layer(base, n_frequency=5)
     layer.adapter_enabled = False
     np.testing.assert_allclose(ops.convert_to_numpy(layer(x)), expected, atol=1e-6)
+    # The adapter is live when on: turning it off changes the output by the
+    # numpy reference update, so a `call` that ignored the adapter fails.
+    layer.adapter_enabled = True
+    delta = _numpy_delta(
+        ops.convert_to_numpy(layer.spectrum), layer.locations, 3, 4, layer.scaling
+    )
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(layer(x)), expected + x @ delta, atol=1e-4
+    )
+    assert np.abs(x @ delta).max() > 1e-2
 
 
 def test_safe_merge_refuses_non_finite():
@@ -482,34 +499,32 @@ def test_auto_compute_picks_by_shape():
     assert big._compute_mode(ops.zeros((512, 4096))) == "activation"
 
 
-def test_run_layer_test_for_both_classes():
-    from keras.src.testing import test_case
-
-    case = test_case.TestCase()
-    case.run_layer_test(
-        FourierDense,
-        init_kwargs={"units": 6, "n_frequency": 5, "compute": "activation"},
-        input_shape=(2, 4),
-        expected_output_shape=(2, 6),
-        expected_num_trainable_weights=1,
-        expected_num_non_trainable_weights=2,
-        supports_masking=True,
-        run_training_check=False,
-    )
-    case.run_layer_test(
-        FourierEinsumDense,
-        init_kwargs={
-            "equation": "abc,cde->abde",
-            "output_shape": (5, 3, 4),
-            "bias_axes": "de",
-            "n_frequency": 7,
-        },
-        input_shape=(2, 5, 8),
-        expected_output_shape=(2, 5, 3, 4),
-        expected_num_trainable_weights=1,
-        expected_num_non_trainable_weights=2,
-        run_training_check=False,
-    )
+class LayerContractTest(testing.TestCase):
+    def test_run_layer_test_for_both_classes(self):
+        self.run_layer_test(
+            FourierDense,
+            init_kwargs={"units": 6, "n_frequency": 5, "compute_path": "activation"},
+            input_shape=(2, 4),
+            expected_output_shape=(2, 6),
+            expected_num_trainable_weights=1,
+            expected_num_non_trainable_weights=3,
+            supports_masking=True,
+            run_training_check=True,
+        )
+        self.run_layer_test(
+            FourierEinsumDense,
+            init_kwargs={
+                "equation": "abc,cde->abde",
+                "output_shape": (5, 3, 4),
+                "bias_axes": "de",
+                "n_frequency": 7,
+            },
+            input_shape=(2, 5, 8),
+            expected_output_shape=(2, 5, 3, 4),
+            expected_num_trainable_weights=1,
+            expected_num_non_trainable_weights=3,
+            run_training_check=True,
+        )
 
 
 def test_in_place_keeps_identity_paths_and_file_layout(tmp_path):
@@ -536,7 +551,14 @@ def test_in_place_keeps_identity_paths_and_file_layout(tmp_path):
                 "dense_1",
             ]
         )
-        assert len(adapted["layers/dense/vars"]) == 3
+        # The plain entries where the plain layer has them; the coefficients
+        # in the adapter's own group.
+        assert len(adapted["layers/dense/vars"]) == 2
+        assert list(adapted["layers/dense/_fourierft/vars"]) == ["0"]
+        np.testing.assert_array_equal(
+            adapted["layers/dense/_fourierft/vars/0"][()],
+            ops.convert_to_numpy(query.coefficients),
+        )
     model.load_weights(plain_file)
 
 
@@ -618,3 +640,161 @@ def test_remove_adapter_in_place():
     assert type(layer) is keras.layers.Dense
     assert [v.name for v in layer.weights] == ["kernel", "bias"]
     np.testing.assert_allclose(ops.convert_to_numpy(layer(x)), adapted, atol=1e-5)
+
+
+class LayerHardeningTest(testing.TestCase):
+    def test_concurrent_quantized_calls_keep_the_activation(self):
+        layer = _dense(64, 32, activation="relu")
+        layer.quantize("int8")
+        adapt_layer(layer, n_frequency=30, scaling=20.0)
+        x = np.random.default_rng(0).normal(size=(64, 32)).astype("float32")
+        expected = ops.convert_to_numpy(layer(x))
+        self.assertGreaterEqual(expected.min(), 0.0)
+        errors = []
+
+        def work():
+            try:
+                for _ in range(30):
+                    y = ops.convert_to_numpy(layer(x))
+                    if y.min() < 0:
+                        errors.append("activation skipped")
+            except Exception as error:  # noqa: BLE001 - reported below
+                errors.append(repr(error))
+
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        self.assertEqual(errors, [])
+        self.assertIs(layer.activation, keras.activations.relu)
+        self.assertAllClose(ops.convert_to_numpy(layer(x)), expected)
+
+    @pytest.mark.skipif(
+        keras.backend.backend() == "jax",
+        reason="JAX computes float64 layers in float32 unless x64 is enabled",
+    )
+    def test_float64_layers_are_exact(self):
+        rng = np.random.default_rng(0)
+        kernel = rng.normal(size=(6, 5)) + 1e-9
+        plain = keras.layers.Dense(5, dtype="float64")
+        plain.build((None, 6))
+        plain.kernel.assign(kernel)
+        x = rng.normal(size=(3, 6))
+        expected = ops.convert_to_numpy(plain(x))
+        layer = keras.layers.Dense(5, dtype="float64")
+        layer.build((None, 6))
+        layer.kernel.assign(kernel)
+        adapt_layer(
+            layer, n_frequency=4, coefficient_initializer="zeros", compute="dense"
+        )
+        y = ops.convert_to_numpy(layer(x))
+        self.assertEqual(y.dtype, np.float64)
+        np.testing.assert_array_equal(y, expected)
+        layer.merge()
+        np.testing.assert_array_equal(ops.convert_to_numpy(layer.kernel), kernel)
+        layer.unmerge()
+        remove_adapter(layer, merge=True)
+        np.testing.assert_array_equal(ops.convert_to_numpy(layer.kernel), kernel)
+
+    def test_lora_on_an_adapted_layer_is_refused(self):
+        layer = adapt_layer(_dense(6, 5), n_frequency=8)
+        with self.assertRaisesRegex(ValueError, "LoRA"):
+            layer.enable_lora(2)
+        self.assertFalse(layer.lora_enabled)
+        self.assertEqual([v.name for v in layer.trainable_weights], ["coefficients"])
+
+    def test_constructor_refuses_lora_rank_and_constraints(self):
+        with self.assertRaisesRegex(ValueError, "lora_rank"):
+            FourierDense(4, n_frequency=3, lora_rank=2)
+        with self.assertRaisesRegex(ValueError, "lora_rank"):
+            FourierEinsumDense("ab,bc->ac", (4,), n_frequency=3, lora_rank=2)
+        with self.assertRaisesRegex(ValueError, "kernel_constraint"):
+            FourierDense(4, n_frequency=3, kernel_constraint="non_neg")
+        with self.assertRaisesRegex(ValueError, "kernel_constraint"):
+            FourierEinsumDense(
+                "ab,bc->ac", (4,), n_frequency=3, kernel_constraint="non_neg"
+            )
+
+    def test_quantizing_a_merged_model_changes_no_layer_first(self):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential(
+            [
+                keras.Input((6,)),
+                keras.layers.Dense(12, name="first"),
+                keras.layers.Dense(12, name="query"),
+                keras.layers.Dense(3, name="head"),
+            ]
+        )
+        query = adapt_layer(model.get_layer("query"), n_frequency=8)
+        query.merge()
+        x = np.ones((2, 6), "float32")
+        merged_output = ops.convert_to_numpy(model(x))
+        model.quantize("int8")
+        # Every layer is quantized and the adapter runs unmerged on the
+        # quantized base: the model stays consistent.
+        for layer in model.layers:
+            self.assertEqual(layer.quantization_mode, "int8")
+        self.assertFalse(query.merged)
+        self.assertTrue(query.adapter_enabled)
+        output = ops.convert_to_numpy(model(x))
+        scale = np.abs(merged_output).max()
+        self.assertAllClose(output, merged_output, rtol=0, atol=0.03 * scale)
+        query.adapter_enabled = False
+        self.assertNotAllClose(ops.convert_to_numpy(model(x)), output)
+
+    def test_repr_and_summary_show_the_adapted_class(self):
+        model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4)])
+        layer = adapt_layer(model.layers[0], n_frequency=5)
+        self.assertIn("FourierDense", repr(layer))
+        lines = []
+        model.summary(print_fn=lambda line, **kwargs: lines.append(line))
+        self.assertIn("FourierDense", "\n".join(lines))
+
+
+class WeightFilesTest(testing.TestCase):
+    def test_adapted_weights_file_loads_into_the_plain_model(self):
+        def build():
+            keras.utils.set_random_seed(3)
+            return keras.Sequential(
+                [
+                    keras.Input((6,)),
+                    keras.layers.Dense(12, name="query"),
+                    keras.layers.Dense(3, name="head"),
+                ]
+            )
+
+        model = build()
+        adapt_layer(model.get_layer("query"), n_frequency=8)
+        model.get_layer("head").kernel.assign(np.full((12, 3), 0.5, "float32"))
+        path = os.path.join(self.get_temp_dir(), "adapted.weights.h5")
+        model.save_weights(path)
+        plain = build()
+        plain.load_weights(path)
+        self.assertAllClose(
+            plain.get_layer("head").kernel, np.full((12, 3), 0.5, "float32")
+        )
+        self.assertAllClose(
+            plain.get_layer("query").kernel,
+            model.get_layer("query").original_kernel(),
+        )
+
+
+class ComputePathRenameTest(testing.TestCase):
+    def test_compute_is_a_deprecated_name_of_compute_path(self):
+        with pytest.warns(DeprecationWarning, match="compute_path"):
+            config = FourierFTConfig(compute="dense")
+        self.assertEqual(config.compute_path, "dense")
+        self.assertNotIn("compute", config.to_dict())
+        with pytest.warns(DeprecationWarning, match="compute_path"):
+            layer = FourierDense(4, n_frequency=3, compute="activation")
+        self.assertEqual(layer.compute_path, "activation")
+        with self.assertRaisesRegex(ValueError, "compute_path"):
+            FourierFTConfig(compute_path="dense", compute="activation")
+        with self.assertRaisesRegex(ValueError, "compute_path"):
+            FourierFTConfig(compute_path="fast")
+
+    def test_files_with_the_old_key_load(self):
+        config = FourierFTConfig.from_dict({"n_frequency": 9, "compute": "dense"})
+        self.assertEqual(config.compute_path, "dense")
+        self.assertEqual(config.n_frequency, 9)

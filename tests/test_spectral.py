@@ -308,3 +308,11 @@ def test_choose_compute_picks_the_measured_faster_path(results, device):
 def test_choose_compute_rejects_an_unknown_device():
     with pytest.raises(ValueError, match="device='tpu'"):
         choose_compute(512, 64, 64, 10, device="tpu")
+
+
+def test_kernel_view_is_public_in_the_math_module():
+    from keras_fourierft import spectral
+
+    view = spectral.kernel_view("btd,ndh->btnh", (12, 768, 64))
+    assert (view["in_features"], view["out_features"]) == (768, 12 * 64)
+    assert view["permutation"] == [1, 0, 2]
