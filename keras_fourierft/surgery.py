@@ -18,12 +18,10 @@ from keras_fourierft import keras_internals
 from keras_fourierft.config import DEFAULT_LR_MULTIPLIER  # noqa: F401 (examples)
 from keras_fourierft.config import FourierFTConfig
 
-# The layer module's in-place primitives (`adapt_in_place(layer, config)` and
-# `remove_in_place(layer, merge=True)` from 1.0 on).
-from keras_fourierft.layers import adapt_layer as adapt_in_place
+from keras_fourierft.layers import adapt_in_place
 from keras_fourierft.layers import check_adaptable
 from keras_fourierft.layers import is_adapted
-from keras_fourierft.layers import remove_adapter as remove_in_place
+from keras_fourierft.layers import remove_in_place
 
 _DEFAULT_TARGETS = ("query", "value", "query_dense", "value_dense")
 _BIAS_MODES = ("none", "all", "fourier_only")
@@ -565,7 +563,6 @@ def set_fourierft_enabled(target, enabled):
         )
     for _, layer in layers:
         layer.adapter_enabled = enabled
-    _reset_compiled_functions(target)
 
 
 def merge_fourierft(target, safe_merge=True):
@@ -598,7 +595,6 @@ def merge_fourierft(target, safe_merge=True):
                 "adapters on before merging."
             )
     _merge_all([layer for _, layer in layers], safe_merge)
-    _reset_compiled_functions(target)
 
 
 def _merge_all(layers, safe_merge):
@@ -631,7 +627,6 @@ def unmerge_fourierft(target):
                 layer.unmerge()
             except ValueError as error:
                 raise ValueError(f"Layer {path!r}: {error}") from None
-    _reset_compiled_functions(target)
 
 
 def unload_fourierft(target, merge=True):
@@ -670,8 +665,18 @@ def unload_fourierft(target, merge=True):
 
 
 def _reset_compiled_functions(model):
-    """Drops a model's cached train/test/predict functions."""
-    for name in ("train_function", "test_function", "predict_function"):
+    """Drops a model's compiled functions (KerasHub's `generate` included).
+
+    Needed when layers change class (adapting, unloading): a traced function
+    holds the old call. On/off and merge state need no reset, the layers
+    read it at run time.
+    """
+    for name in (
+        "train_function",
+        "test_function",
+        "predict_function",
+        "generate_function",
+    ):
         if getattr(model, name, None) is not None:
             setattr(model, name, None)
 
