@@ -22,6 +22,8 @@ In-place adaptation needs a few things Keras keeps private:
   `.keras` saving gives each object (`saved_object_paths`);
 - `MonitorCallback._set_monitor_op`, the direction of a monitored metric
   (`set_monitor_op`);
+- `keras.src.models.functional.Functional`, the class of plain Functional
+  models (`lists_its_layers`);
 - `ReversibleEmbedding._int8_call` and its int8 variables, to give int8
   logits a straight-through input gradient
   (`give_logits_an_input_gradient`).
@@ -295,3 +297,21 @@ class ShowsAdaptedName(type(keras.layers.Layer)):
         if caller == _SUMMARY_MODULE:
             return own
         return cls.__dict__.get("display_base", own)
+
+
+def lists_its_layers(layer):
+    """Whether a layer's config lists every layer it holds, with its config.
+
+    True for plain `keras.Sequential` and Functional models (not their
+    subclasses, such as KerasHub backbones, which rebuild their layers from
+    their own arguments).
+
+    Args:
+        layer: A Keras layer or model.
+
+    Returns:
+        A boolean.
+    """
+    from keras.src.models.functional import Functional
+
+    return type(layer) in (keras.Sequential, Functional)

@@ -58,6 +58,7 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
         records = _read_records(archive, path)
     if not isinstance(config, dict):
         raise ValueError(f"{path!r}: config.json does not hold a model config.")
+    config = _unmarked(config)
     with keras.saving.custom_object_scope(custom_objects or {}):
         model = keras.saving.deserialize_keras_object(
             {key: value for key, value in config.items() if key != "compile_config"},
@@ -111,6 +112,21 @@ def _parse_record(data, source):
     if not isinstance(enabled, bool):
         raise ValueError(f"{source}: not a FourierFT record (or `enabled` not a bool).")
     return FourierFTConfig.from_dict(record.get("config"), source=source), enabled
+
+
+def _unmarked(config):
+    """The saved config without the keys that stop Keras's own loader."""
+    if isinstance(config, dict) and set(config) == {surgery.LOAD_MARK}:
+        return _unmarked(config[surgery.LOAD_MARK])
+    if isinstance(config, dict):
+        return {
+            key: _unmarked(value)
+            for key, value in config.items()
+            if key != surgery.LOAD_MARK
+        }
+    if isinstance(config, list):
+        return [_unmarked(value) for value in config]
+    return config
 
 
 def _read_records(archive, path):

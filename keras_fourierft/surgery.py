@@ -10,6 +10,7 @@ import dataclasses
 import math
 import numbers
 import re
+import types
 
 import keras
 
@@ -17,7 +18,6 @@ from keras_fourierft import distribution
 from keras_fourierft import keras_internals
 from keras_fourierft.config import DEFAULT_LR_MULTIPLIER  # noqa: F401 (examples)
 from keras_fourierft.config import FourierFTConfig
-
 from keras_fourierft.layers import adapt_in_place
 from keras_fourierft.layers import check_adaptable
 from keras_fourierft.layers import is_adapted
@@ -378,8 +378,64 @@ def _adapt_model(model, plans, selection):
         adapt_in_place(layer, layer_config)
     _freeze(model, selection)
     _straight_through_logits(model)
+    _mark_rebuilt_ancestors(model)
     _reset_compiled_functions(model)
     return _summarize(model, {layer: path for layer, (path, _) in plans.items()})
+
+
+# The key an adapted model's config carries where Keras's own loader would
+# rebuild adapted layers plain (see `_mark_rebuilt_ancestors`).
+LOAD_MARK = "load_with_keras_fourierft_load_model"
+
+
+def _mark_rebuilt_ancestors(model):
+    """Makes `keras.saving.load_model` refuse what it would load without adapters.
+
+    Sequential and Functional models list their layers in their config, so
+    Keras's loader restores an adapted layer they hold directly. Any other
+    layer or model (KerasHub backbones and tasks, `MultiHeadAttention`,
+    subclassed models) rebuilds its sublayers plain from its own arguments:
+    every such ancestor of an adapted layer gets its config nested under one
+    key its class does not accept, so Keras's loader (and `clone_model`)
+    stop with an error naming `keras_fourierft.load_model`, which removes
+    the key, instead of silently loading the base model. Unloading every
+    adapter removes it.
+    """
+    adapted = {id(layer) for _, layer in fourierft_layers(model).items()}
+    for layer in _rebuilt_ancestors(model, adapted):
+        if "get_config" not in vars(layer):
+            layer.get_config = types.MethodType(_marked_get_config, layer)
+
+
+def _unmark(model):
+    for layer in [model] + [layer for _, layer in _walk_layers(model)]:
+        if (
+            vars(layer).get("get_config") is not None
+            and getattr(vars(layer)["get_config"], "__func__", None)
+            is _marked_get_config
+        ):
+            del layer.get_config
+
+
+def _marked_get_config(layer):
+    # Nested under one key, the arguments reach no constructor as they are.
+    return {LOAD_MARK: type(layer).get_config(layer)}
+
+
+def _rebuilt_ancestors(model, adapted):
+    found = []
+
+    def visit(layer, ancestors):
+        if id(layer) in adapted:
+            found.extend(
+                a for a in ancestors if not keras_internals.lists_its_layers(a)
+            )
+            return
+        for child in keras_internals.child_layers(layer):
+            visit(child, ancestors + [layer])
+
+    visit(model, [])
+    return list({id(layer): layer for layer in found}.values())
 
 
 def _straight_through_logits(model):
@@ -660,6 +716,8 @@ def unload_fourierft(target, merge=True):
         _merge_all([layer for _, layer in layers if layer.adapter_enabled], True)
     for _, layer in layers:
         remove_in_place(layer, merge=merge)
+    if not fourierft_layers(target):
+        _unmark(target)
     _reset_compiled_functions(target)
     return target
 
@@ -748,8 +806,11 @@ def _summarize(target, paths):
         for layer, path in paths.items()
     ]
     coefficients = sum(layer.n_frequency for layer in layers)
-    trainable = sum(_size(v) for v in target.weights if v.trainable)
-    total = sum(_size(v) for v in target.weights)
+    # Parameters are numbers weights hold: the boolean on/off gates of the
+    # adapted layers are state, not parameters.
+    weights = [v for v in target.weights if v.dtype != "bool"]
+    trainable = sum(_size(v) for v in weights if v.trainable)
+    total = sum(_size(v) for v in weights)
     return FourierFTSummary(layers, coefficients, trainable - coefficients, total)
 
 

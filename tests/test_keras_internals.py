@@ -150,3 +150,23 @@ def test_shows_adapted_name_only_to_the_summary(tmp_path):
     with h5py.File(path) as file:
         # Keras keys list-held layers by class name: the base name is used.
         assert sorted(file["layers"]) == ["dense", "dense_1"]
+
+
+def test_lists_its_layers_is_true_for_plain_containers_only():
+    import keras_hub
+
+    inputs = keras.Input((3,))
+    functional = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    sequential = keras.Sequential([keras.layers.Dense(2)])
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=10,
+        num_layers=1,
+        num_heads=1,
+        hidden_dim=4,
+        intermediate_dim=4,
+        max_sequence_length=8,
+    )
+    assert keras_internals.lists_its_layers(functional)
+    assert keras_internals.lists_its_layers(sequential)
+    assert not keras_internals.lists_its_layers(backbone)
+    assert not keras_internals.lists_its_layers(keras.layers.MultiHeadAttention(1, 2))

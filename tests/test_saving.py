@@ -226,9 +226,10 @@ class KerasFileTest(testing.TestCase):
         restored = keras_fourierft.load_model(path)
         self.assertLen(fourier_layers(restored), 2)
         self.assertAllClose(restored.predict(x, verbose=0), expected, atol=1e-5)
-        # Keras's loader rebuilds the attention layer's projections plain
-        # (the README lists the models that need `keras_fourierft.load_model`).
-        with self.assertRaisesRegex(ValueError, "Layer 'query' expected"):
+        # Keras's loader would rebuild the attention layer's projections
+        # plain: it must stop and name `keras_fourierft.load_model` instead of
+        # silently loading the base model.
+        with self.assertRaisesRegex(Exception, "keras_fourierft_load_model"):
             keras.saving.load_model(path)
 
     def test_kerashub_backbone_needs_load_model(self):
@@ -240,8 +241,13 @@ class KerasFileTest(testing.TestCase):
         model.save(path)
         restored = keras_fourierft.load_model(path)
         self.assertAllClose(restored(x)["sequence_output"], expected, atol=1e-5)
-        with self.assertRaisesRegex(ValueError, "Layer 'query' expected"):
+        with self.assertRaisesRegex(Exception, "keras_fourierft_load_model"):
             keras.saving.load_model(path)
+        # Unloaded, the model is plain again for Keras's own loader.
+        keras_fourierft.unload_fourierft(model)
+        model.save(path)
+        plain = keras.saving.load_model(path)
+        self.assertAllClose(plain(x)["sequence_output"], expected, atol=1e-5)
 
     def test_a_record_for_no_dense_layer_is_refused(self):
         model = models.functional()

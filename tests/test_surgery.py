@@ -476,7 +476,7 @@ def test_quantized_model_keeps_quantization_variables_as_keras_sets_them(mode):
     expected = {v.path: v.trainable for v in model.weights if v.name != "bias"}
     enable_fourierft(model, n_frequency=5, trainable_layers=["head"])
     for variable in model.weights:
-        if variable.name in ("coefficients", "bias"):
+        if variable.name in ("coefficients", "bias", "fourierft_active"):
             continue
         if variable.overwrite_with_gradient or "float" not in variable.dtype:
             assert variable.trainable == expected[variable.path], variable.path
