@@ -114,13 +114,7 @@ def load_fourierft_weights(model, filepath):
     keras_fourierft.load_fourierft_weights(model, "sst2.weights.h5")
     ```
     """
-    with _open(filepath) as (file, filepath):
-        header = _read_header(file, filepath)
-        # Declared sizes are checked against the model before any value is
-        # read: a file cannot make the loader allocate more than the model's
-        # own weights hold.
-        _check_model(model, header["layers"], header["extra"], trainable=False)
-        content = _read_values(header, filepath)
+    content = _read_adapter_file(filepath, model)
     _apply_adapter(model, content["layers"], content["extra"])
 
 
@@ -165,18 +159,6 @@ def _apply_adapter(model, entries, extra=()):
         layer.merge()
 
 
-def _read_adapter_file(filepath):
-    """Reads and checks an adapter file without touching any model.
-
-    Returns:
-        A dict with `format_version`, `package_version`, `layers` (a list of
-        dicts: `path`, the fields of `_LAYER_FIELDS`, `spectrum`) and `extra`
-        (a list of `(path, array)` for the other stored weights).
-    """
-    with _open(filepath) as (file, filepath):
-        return _read_values(_read_header(file, filepath), filepath)
-
-
 def _check_suffix(filepath):
     filepath = os.fspath(filepath)
     if not filepath.endswith(SUFFIX):
@@ -201,8 +183,18 @@ def _host_spectrum(layer):
     return stored * np.float32(layer.lr_multiplier)
 
 
-@contextlib.contextmanager
-def _open(filepath):
+def _read_adapter_file(filepath, model=None):
+    """Reads and checks an adapter file; changes no model.
+
+    With a `model`, declared sizes are checked against it before any value
+    is read, so a file cannot make the loader allocate more than the model's
+    own weights hold.
+
+    Returns:
+        A dict with `format_version`, `package_version`, `layers` (dicts:
+        `path`, the `_LAYER_FIELDS`, `spectrum`) and `extra` (`(path,
+        array)` pairs for the other stored weights).
+    """
     filepath = _check_suffix(filepath)
     if os.path.isdir(filepath):
         raise IsADirectoryError(
@@ -217,65 +209,71 @@ def _open(filepath):
             f"{filepath!r} is not an HDF5 file (it may be truncated or of "
             "another format). Pass a file written by `save_fourierft_weights`."
         )
-    with _reading(filepath):
-        file = h5py.File(filepath, "r")
-    with file:
-        yield file, filepath
-
-
-@contextlib.contextmanager
-def _reading(filepath):
-    """Turns the errors of reading a damaged file into a `ValueError`."""
     try:
-        yield
+        with h5py.File(filepath, "r") as file:
+            header = _read_header(file, filepath)
+            if model is not None:
+                _check_model(model, header["layers"], header["extra"], False)
+            layers = [
+                {k: v for k, v in entry.items() if k != "data"}
+                | {
+                    "spectrum": _finite(
+                        entry["data"], filepath, f"layer {entry['path']!r}", "float32"
+                    )
+                }
+                for entry in header["layers"]
+            ]
+            extra = [(p, _finite(data, filepath, p)) for p, data in header["extra"]]
     except (OSError, KeyError, RuntimeError) as error:
         raise ValueError(
             f"Cannot read adapter file {filepath!r}: {error}. The file is "
             "damaged or truncated."
         ) from None
-
-
-def _malformed(filepath):
-    return lambda what: ValueError(
-        f"Adapter file {filepath!r} is malformed: {what}. Pass a file written "
-        "by `save_fourierft_weights`."
-    )
+    return {**header, "layers": layers, "extra": extra}
 
 
 def _read_header(file, filepath):
     """Checks a file's structure and descriptions; reads no stored values."""
-    damaged = _malformed(filepath)
-    with _reading(filepath):
-        if _text(file, "format", damaged, "the file", optional=True) != FORMAT:
-            raise ValueError(
-                f"{filepath!r} is an HDF5 file but not a FourierFT adapter "
-                "file (a full-model weights file loads with "
-                "`model.load_weights`)."
-            )
-        version = _attribute(file, "format_version", damaged, "the file")
-        if not isinstance(version, int | np.integer) or version < 1:
-            raise damaged(f"format_version is {version!r}")
-        if version > FORMAT_VERSION:
-            raise ValueError(
-                f"{filepath!r} has adapter format version {version}; this "
-                f"keras-fourierft ({__version__}) reads up to {FORMAT_VERSION}. "
-                "Upgrade keras-fourierft."
-            )
-        package = _text(file, "package_version", damaged, "the file", True) or ""
-        groups = reading.check_hdf5_members(file, h5py.Group, damaged)
-        if set(groups) - {"fourierft", "trainable"} or "fourierft" not in groups:
-            raise damaged(
-                f"the file holds {sorted(groups)}, not the groups 'fourierft' "
-                "and 'trainable'"
-            )
-        layers = [
-            _layer_entry(data, damaged, f"adapted layer {index}")
-            for index, data in enumerate(_datasets(groups["fourierft"], damaged))
-        ]
-        if not layers:
-            raise damaged("it holds no adapted layers")
-        extra = []
-        for index, data in enumerate(_datasets(groups.get("trainable"), damaged)):
+
+    def damaged(what):
+        return ValueError(
+            f"Adapter file {filepath!r} is malformed: {what}. Pass a file "
+            "written by `save_fourierft_weights`."
+        )
+
+    if _text(file, "format", damaged, "the file", optional=True) != FORMAT:
+        raise ValueError(
+            f"{filepath!r} is an HDF5 file but not a FourierFT adapter file (a "
+            "full-model weights file loads with `model.load_weights`)."
+        )
+    version = _text(file, "format_version", damaged, "the file", kind=None)
+    if not isinstance(version, int | np.integer) or version < 1:
+        raise damaged(f"format_version is {version!r}")
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"{filepath!r} has adapter format version {version}; this "
+            f"keras-fourierft ({__version__}) reads up to {FORMAT_VERSION}. "
+            "Upgrade keras-fourierft."
+        )
+    package = _text(file, "package_version", damaged, "the file", True) or ""
+    groups = reading.hdf5_members(file, h5py.Group, damaged)
+    if set(groups) - {"fourierft", "trainable"} or "fourierft" not in groups:
+        raise damaged(
+            f"the file holds {sorted(groups)}, not the groups 'fourierft' "
+            "and 'trainable'"
+        )
+    layers = [
+        _layer_entry(data, damaged, f"adapted layer {index}")
+        for index, data in enumerate(
+            reading.hdf5_members(groups["fourierft"], h5py.Dataset, damaged, True)
+        )
+    ]
+    if not layers:
+        raise damaged("it holds no adapted layers")
+    extra = []
+    if "trainable" in groups:
+        stored = reading.hdf5_members(groups["trainable"], h5py.Dataset, damaged, True)
+        for index, data in enumerate(stored):
             path = _text(data, "path", damaged, f"stored weight {index}")
             where = f"stored weight {index} ({path!r})"
             reading.check_hdf5_dataset(data, where, "fiub", damaged)
@@ -286,21 +284,9 @@ def _read_header(file, filepath):
     }
 
 
-def _read_values(header, filepath):
-    """Reads the values of checked datasets; refuses non-finite ones."""
-    layers, extra = [], []
-    with _reading(filepath):
-        for entry in header["layers"]:
-            entry = dict(entry)
-            spectrum = np.asarray(entry.pop("data")[()], dtype="float32")
-            _check_finite(spectrum, filepath, f"layer {entry['path']!r}")
-            layers.append({**entry, "spectrum": spectrum})
-        for path, data in header["extra"]:
-            extra.append((path, _check_finite(np.asarray(data[()]), filepath, path)))
-    return {**header, "layers": layers, "extra": extra}
-
-
-def _check_finite(value, filepath, what):
+def _finite(data, filepath, what, dtype=None):
+    """Reads a checked dataset; refuses non-finite values."""
+    value = np.asarray(data[()], dtype=dtype)
     if value.dtype.kind == "f" and not np.isfinite(value).all():
         raise ValueError(
             f"Adapter file {filepath!r}: {what} holds "
@@ -311,33 +297,18 @@ def _check_finite(value, filepath, what):
     return value
 
 
-def _datasets(group, damaged):
-    """The datasets `0`, `1`, ... of a group, in order."""
-    if group is None:
-        return []
-    members = reading.check_hdf5_members(group, h5py.Dataset, damaged)
-    names = [str(index) for index in range(len(members))]
-    if sorted(members) != sorted(names):
-        raise damaged(
-            f"group {group.name.lstrip('/')!r} holds datasets {sorted(members)}, "
-            f"not 0 to {len(members) - 1}"
-        )
-    return [members[name] for name in names]
-
-
-def _attribute(obj, name, damaged, where):
+def _text(obj, name, damaged, where, optional=False, kind=str):
+    """A scalar attribute; by default text (decoded, bounded)."""
+    if optional and name not in obj.attrs:
+        return None
     if name not in obj.attrs:
         raise damaged(f"{where} lacks the attribute {name!r}")
     shape = obj.attrs.get_id(name).shape
     if shape != ():
         raise damaged(f"attribute {name!r} of {where} has shape {shape}")
-    return obj.attrs[name]
-
-
-def _text(obj, name, damaged, where, optional=False):
-    if optional and name not in obj.attrs:
-        return None
-    value = _attribute(obj, name, damaged, where)
+    value = obj.attrs[name]
+    if kind is None:
+        return value
     if isinstance(value, bytes | np.bytes_):
         with contextlib.suppress(UnicodeDecodeError):
             value = value.decode("utf-8")

@@ -164,10 +164,10 @@ def read_peft_adapter(path):
                 f"{module!r} stores a spectrum of shape {shape}, the config "
                 f"gives n_frequency={n_frequency(module)}."
             )
-        if reading.dtype_name(dtype)[0] not in "fb":
+        if dtype[0] not in "fb":
             raise ValueError(
                 f"{weights_path!r} stores the spectrum of module {module!r} as "
-                f"{reading.dtype_name(dtype)} values, not floating point."
+                f"{dtype} values, not floating point."
             )
         modules[key] = module
     if not modules:
