@@ -34,15 +34,12 @@ _MAX_TEXT = 1 << 16
 def save_fourierft_weights(model, filepath, include_trainable_weights=False):
     """Saves a model's FourierFT adapter to a `.weights.h5` file.
 
-    The file holds the effective spectrum of every adapted layer (4 bytes
-    per coefficient) with each layer's path, 2-D shape and settings, and,
-    with `include_trainable_weights=True`, the model's other trainable
-    weights (e.g. a task head). Saving is atomic (a temporary file in the
-    same folder, which must be writable, renamed over `filepath`): a failure
-    never destroys a previous file. The file keeps the mode of the file it
-    replaces (a new one `0o666` less the umask) and a symbolic link keeps
-    pointing to it. With several JAX processes only process 0 writes, from
-    the values on its own devices (no collective); the others return.
+    The file holds every adapted layer's effective spectrum (4 bytes per
+    coefficient), path, 2-D shape and settings and, optionally, the model's
+    other trainable weights (e.g. a task head). Saving goes through a
+    temporary file in the same (writable) folder, so a failure never
+    destroys a previous file. With several JAX processes only process 0
+    writes, from the values on its own devices.
 
     Args:
         model: A model adapted with `enable_fourierft`.
@@ -94,15 +91,11 @@ def load_fourierft_weights(model, filepath):
     """Loads an adapter file written by `save_fourierft_weights`.
 
     Everything is checked before any weight changes: the file's structure
-    (only the groups, datasets and attributes the format defines, stored in
-    the file itself, each declared size checked against the file before its
-    values are read), that it holds the model's adapted layers by path
-    (2-D shapes, `n_frequency`, `scaling`, seed and sampling), that every
-    other stored weight is a trainable variable of the model with the same
-    shape, and that every value is finite. On the first mismatch a
-    `ValueError` names it and the model is left exactly as it was. A model
-    without adapters is first enabled with the file's settings; a merged
-    model stays merged.
+    and declared sizes, its layers against the model's by path (shapes and
+    settings), its other weights against the model's trainable variables,
+    and that every value is finite. On a mismatch a `ValueError` names it
+    and the model is left as it was. A model without adapters is enabled
+    with the file's settings; a merged model stays merged.
 
     Args:
         model: A Keras model with the architecture the adapter was trained on.
@@ -119,14 +112,8 @@ def load_fourierft_weights(model, filepath):
 
 
 def _apply_adapter(model, entries, extra=()):
-    """Checks adapter entries against a model, then loads them all or none.
-
-    Args:
-        model: A Keras model.
-        entries: A list of dicts, one per adapted layer: `path`,
-            `in_features`, `out_features`, the `SPECTRUM_FIELDS` and
-            `spectrum` (the effective coefficients).
-        extra: A list of `(variable path, array)` for other weights.
+    """Loads adapter entries (dicts: `path`, `_LAYER_FIELDS`, `spectrum`) and
+    `(path, array)` weights into a model, all or none after checking them.
     """
     matched = _check_model(model, entries, extra)
     if not fourier_layers(model):
@@ -246,7 +233,7 @@ def _read_header(file, filepath):
             f"{filepath!r} is an HDF5 file but not a FourierFT adapter file (a "
             "full-model weights file loads with `model.load_weights`)."
         )
-    version = _text(file, "format_version", damaged, "the file", kind=None)
+    version = _text(file, "format_version", damaged, "the file", text=False)
     if not isinstance(version, int | np.integer) or version < 1:
         raise damaged(f"format_version is {version!r}")
     if version > FORMAT_VERSION:
@@ -297,7 +284,7 @@ def _finite(data, filepath, what, dtype=None):
     return value
 
 
-def _text(obj, name, damaged, where, optional=False, kind=str):
+def _text(obj, name, damaged, where, optional=False, text=True):
     """A scalar attribute; by default text (decoded, bounded)."""
     if optional and name not in obj.attrs:
         return None
@@ -307,7 +294,7 @@ def _text(obj, name, damaged, where, optional=False, kind=str):
     if shape != ():
         raise damaged(f"attribute {name!r} of {where} has shape {shape}")
     value = obj.attrs[name]
-    if kind is None:
+    if not text:
         return value
     if isinstance(value, bytes | np.bytes_):
         with contextlib.suppress(UnicodeDecodeError):
@@ -351,13 +338,9 @@ def _layer_entry(data, damaged, where):
 
 
 def _check_model(model, entries, extra, trainable=True):
-    """Checks declared entries and weights against a model; changes nothing.
+    """The `(variable, value)` pairs of `extra`, all checked; changes nothing.
 
-    With `trainable=False` (before values are read) the stored weights'
-    variables are not yet required to be trainable.
-
-    Returns:
-        The `(variable, value)` pairs of the other weights.
+    `trainable=False` (before values are read) skips the trainability check.
     """
     layers = dict(fourier_layers(model))
     if layers:
