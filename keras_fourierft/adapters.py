@@ -54,12 +54,7 @@ def save_fourierft_weights(model, filepath, include_trainable_weights=False):
     ```
     """
     filepath = _check_suffix(filepath)
-    layers = fourier_layers(model)
-    if not layers:
-        raise ValueError(
-            f"Model {model.name!r} has no FourierFT adapters to save. Call "
-            "`enable_fourierft` first."
-        )
+    layers = _layers_to_save(model)
     extra = _other_trainable(model) if include_trainable_weights else []
     if not is_writing_process():
         return
@@ -74,10 +69,8 @@ def save_fourierft_weights(model, filepath, include_trainable_weights=False):
                 package_version=__version__,
             )
             group = file.create_group("fourierft")
-            for index, ((path, layer), spectrum) in enumerate(
-                zip(layers, spectra, strict=True)
-            ):
-                data = group.create_dataset(str(index), data=spectrum)
+            for index, (path, layer) in enumerate(layers):
+                data = group.create_dataset(str(index), data=spectra[index])
                 data.attrs["path"] = path
                 data.attrs["config"] = json.dumps(layer.adapter_config())
             group = file.create_group("trainable")
@@ -153,6 +146,16 @@ def _check_suffix(filepath):
             f"Adapter files must end in {SUFFIX!r}. Received: {filepath!r}"
         )
     return filepath
+
+
+def _layers_to_save(model):
+    layers = fourier_layers(model)
+    if not layers:
+        raise ValueError(
+            f"Model {model.name!r} has no FourierFT adapters to save. Call "
+            "`enable_fourierft` first."
+        )
+    return layers
 
 
 def _other_trainable(model):

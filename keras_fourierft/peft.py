@@ -17,6 +17,7 @@ import numpy as np
 from keras_fourierft import reading
 from keras_fourierft.adapters import _apply_adapter
 from keras_fourierft.adapters import _host_spectrum
+from keras_fourierft.adapters import _layers_to_save
 from keras_fourierft.adapters import _weight_shape
 from keras_fourierft.config import check_finite
 from keras_fourierft.config import check_integer
@@ -26,7 +27,6 @@ from keras_fourierft.files import PEFT_CONFIG_NAME
 from keras_fourierft.files import PEFT_WEIGHTS_NAME
 from keras_fourierft.files import check_peft_pair
 from keras_fourierft.files import write_peft_folder
-from keras_fourierft.surgery import fourier_layers
 from keras_fourierft.surgery import walk_layers
 
 FILE_NAMES = (PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME)
@@ -212,12 +212,7 @@ def save_peft_adapter(
     keras_fourierft.save_peft_adapter(backbone, "my-peft-adapter/")
     ```
     """
-    layers = fourier_layers(model)
-    if not layers:
-        raise ValueError(
-            f"Model {model.name!r} has no FourierFT adapters to save. Call "
-            "`enable_fourierft` first."
-        )
+    layers = _layers_to_save(model)
     _check_exportable(layers)
     inverse = None if layer_map is None else {v: k for k, v in layer_map.items()}
     flipped = [(keras, peft) for peft, keras in BERT_LAYER_MAP]
@@ -226,20 +221,20 @@ def save_peft_adapter(
     ]
     owners = {}
     for (layer_path, _), module in zip(layers, modules, strict=True):
-        if module in owners:
+        if owners.setdefault(module, layer_path) != layer_path:
             raise ValueError(
                 f"Layers {owners[module]!r} and {layer_path!r} both map to PEFT "
                 f"module {module!r} (e.g. two backbones in one model); a PEFT "
                 "adapter names each module once. Pass a `layer_map` that names "
                 "them apart, or save each backbone on its own."
             )
-        owners[module] = layer_path
     counts = [layer.n_frequency for _, layer in layers]
     default = max(set(counts), key=counts.count)
     first = layers[0][1]
-    config = {
+    unset = ("task_type", "modules_to_save", "layers_to_transform")
+    unset += ("layers_pattern", "exclude_modules", "revision")
+    config = dict.fromkeys(unset) | {
         "peft_type": "FOURIERFT",
-        "task_type": None,
         "base_model_name_or_path": base_model_name_or_path,
         "inference_mode": True,
         "n_frequency": default,
@@ -254,11 +249,6 @@ def save_peft_adapter(
         "init_weights": False,
         "bias": "none",
         "fan_in_fan_out": False,
-        "modules_to_save": None,
-        "layers_to_transform": None,
-        "layers_pattern": None,
-        "exclude_modules": None,
-        "revision": None,
     }
     if not is_writing_process():
         return
