@@ -204,22 +204,16 @@ def _read_adapter_file(filepath, model=None):
             header = _read_header(file, filepath)
             if model is not None:
                 _check_model(model, header["layers"], header["extra"], False)
-            layers = [
-                {k: v for k, v in entry.items() if k != "data"}
-                | {
-                    "spectrum": _finite(
-                        entry["data"], filepath, f"layer {entry['path']!r}", "float32"
-                    )
-                }
-                for entry in header["layers"]
-            ]
-            extra = [(p, _finite(data, filepath, p)) for p, data in header["extra"]]
+            for entry in header["layers"]:
+                where = f"layer {entry['path']!r}"
+                entry["spectrum"] = _finite(entry.pop("data"), filepath, where, "f4")
+            header["extra"] = [(p, _finite(d, filepath, p)) for p, d in header["extra"]]
     except (OSError, KeyError, RuntimeError) as error:
         raise ValueError(
             f"Cannot read adapter file {filepath!r}: {error}. The file is "
             "damaged or truncated."
         ) from None
-    return {**header, "layers": layers, "extra": extra}
+    return header
 
 
 def _read_header(file, filepath):
@@ -268,10 +262,10 @@ def _read_header(file, filepath):
             where = f"stored weight {index} ({path!r})"
             reading.check_hdf5_dataset(data, where, "fiub", damaged)
             extra.append((path, data))
-    return {"format_version": int(version), "package_version": package} | {
-        "layers": layers,
-        "extra": extra,
-    }
+    version = int(version)
+    return dict(
+        format_version=version, package_version=package, layers=layers, extra=extra
+    )
 
 
 def _finite(data, filepath, what, dtype=None):

@@ -388,13 +388,6 @@ def _entry(layer_path, layer, module, spectrum, config):
     in_features, out_features = _weight_shape(
         layer, f"Layer {layer_path!r} (for PEFT module {module!r})"
     )
-    size = in_features * out_features
-    if spectrum.shape[0] > size:
-        raise ValueError(
-            f"PEFT module {module!r} has {spectrum.shape[0]} coefficients but "
-            f"layer {layer_path!r} has only {size} weights: the layer map "
-            "pairs it with a layer of another shape."
-        )
     return dict(
         path=layer_path, in_features=in_features, out_features=out_features,
         n_frequency=int(spectrum.shape[0]), scaling=float(config["scaling"]),
