@@ -174,16 +174,10 @@ def _host_spectrum(layer):
 
 
 def _read_adapter_file(filepath, model=None):
-    """Reads and checks an adapter file; changes no model.
-
-    With a `model`, declared sizes are checked against it before any value
-    is read, so a file cannot make the loader allocate more than the model's
-    own weights hold.
-
-    Returns:
-        A dict with `format_version`, `package_version`, `layers` (dicts:
-        `path`, the `_LAYER_FIELDS`, `spectrum`) and `extra` (`(path,
-        array)` pairs for the other stored weights).
+    """Reads and checks an adapter file: `format_version`, `package_version`,
+    `layers` (dicts: `path`, `_LAYER_FIELDS`, `spectrum`) and `extra` (`(path,
+    array)` pairs). Declared sizes are checked against a `model` before any
+    value is read, so a file cannot allocate more than the model holds.
     """
     filepath = _check_suffix(filepath)
     if os.path.isdir(filepath):
@@ -205,9 +199,18 @@ def _read_adapter_file(filepath, model=None):
             if model is not None:
                 _check_model(model, header["layers"], header["extra"], False)
             for entry in header["layers"]:
-                where = f"layer {entry['path']!r}"
-                entry["spectrum"] = _finite(entry.pop("data"), filepath, where, "f4")
-            header["extra"] = [(p, _finite(d, filepath, p)) for p, d in header["extra"]]
+                spectrum = np.asarray(entry.pop("data")[()], "float32")
+                where = f"Adapter file {filepath!r}: layer {entry['path']!r}"
+                entry["spectrum"] = reading.finite(spectrum, where)
+            header["extra"] = [
+                (
+                    p,
+                    reading.finite(
+                        np.asarray(d[()]), f"Adapter file {filepath!r}: {p}"
+                    ),
+                )
+                for p, d in header["extra"]
+            ]
     except (OSError, KeyError, RuntimeError) as error:
         raise ValueError(
             f"Cannot read adapter file {filepath!r}: {error}. The file is "
@@ -266,19 +269,6 @@ def _read_header(file, filepath):
     return dict(
         format_version=version, package_version=package, layers=layers, extra=extra
     )
-
-
-def _finite(data, filepath, what, dtype=None):
-    """Reads a checked dataset; refuses non-finite values."""
-    value = np.asarray(data[()], dtype=dtype)
-    if value.dtype.kind == "f" and not np.isfinite(value).all():
-        raise ValueError(
-            f"Adapter file {filepath!r}: {what} holds "
-            f"{np.size(value) - np.isfinite(value).sum()} non-finite values "
-            "(NaN or infinity); such an adapter would turn every output into "
-            "NaN. The training that wrote it diverged."
-        )
-    return value
 
 
 def _text(obj, name, damaged, where, optional=False, text=True):

@@ -12,8 +12,6 @@ layer paths by `BERT_LAYER_MAP` (or a `layer_map` of your own).
 import os
 import re
 
-import numpy as np
-
 from keras_fourierft import reading
 from keras_fourierft.adapters import _apply_adapter
 from keras_fourierft.adapters import _host_spectrum
@@ -171,14 +169,10 @@ def read_peft_adapter(path):
         raise ValueError(f"{weights_path!r} holds no FourierFT spectra.")
     check_peft_pair(path, config, header["metadata"])
     values = reading.read_tensors(weights_path, weights_path, header, modules)
+    spectra = {}
     for key, value in values.items():
-        if not np.isfinite(value).all():
-            raise ValueError(
-                f"{weights_path!r}: the spectrum of module {modules[key]!r} "
-                "holds non-finite values (NaN or infinity); such an adapter "
-                "would turn every output into NaN."
-            )
-    spectra = {modules[k]: v.astype("float32") for k, v in values.items()}
+        where = f"{weights_path!r}: the spectrum of module {modules[key]!r}"
+        spectra[modules[key]] = reading.finite(value.astype("float32"), where)
     return {"config": config, "spectra": spectra, "other_keys": sorted(other_keys)}
 
 
@@ -318,14 +312,10 @@ def _n_frequency_rule(config, config_path):
     r"""PEFT's n: the first key `k` with `re.match(rf".*\.{k}$", module)`."""
     pattern = config.get("n_frequency_pattern") or {}
     matchers = [(_key_matcher(key, config_path), n) for key, n in pattern.items()]
-
-    def rule(module):
-        for matches, value in matchers:
-            if matches(module):
-                return value
-        return pattern.get(module, config["n_frequency"])
-
-    return rule
+    return lambda module: next(
+        (n for matches, n in matchers if matches(module)),
+        pattern.get(module, config["n_frequency"]),
+    )
 
 
 def _key_matcher(key, config_path):

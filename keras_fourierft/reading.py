@@ -87,6 +87,18 @@ def safetensors_header(path, name):
     return {"metadata": metadata, "tensors": tensors}
 
 
+def finite(value, where):
+    """`value`, refused if it holds NaN or infinity; `where` names it."""
+    bad = np.size(value) - np.isfinite(value).sum() if value.dtype.kind == "f" else 0
+    if bad:
+        raise ValueError(
+            f"{where} holds {bad} non-finite values (NaN or infinity); such an "
+            "adapter would turn every output into NaN. The training that wrote "
+            "it diverged."
+        )
+    return value
+
+
 def _begin(entry):
     offsets = entry.get("data_offsets")
     return offsets[0] if _int_list(offsets, 2) else -1
