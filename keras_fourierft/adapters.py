@@ -122,14 +122,13 @@ def _apply_adapter(model, entries, extra=()):
         )
     layers = dict(fourier_layers(model))
     merged = [layer for layer in layers.values() if layer.merged]
-    unmerged = []
     try:  # Unmerging refuses a kernel changed while merged: undo, then raise.
         for layer in merged:
             layer.unmerge()
-            unmerged.append(layer)
     except ValueError:
-        for layer in unmerged:
-            layer.merge()
+        for layer in merged:
+            if not layer.merged:
+                layer.merge()
         raise
     for entry in entries:
         layers[entry["path"]].set_spectrum(entry["spectrum"])

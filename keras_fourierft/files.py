@@ -33,10 +33,9 @@ _HOST = hashlib.sha256(socket.gethostname().encode("utf-8")).hexdigest()[:8]
 def write_atomically(filepath, write):
     """Writes a file under a temporary name, then renames it over `filepath`.
 
-    A failure at any point leaves a previous file at `filepath` untouched.
-    The new file gets the mode of the file it replaces (a new one `0o666`
-    less the umask); a symbolic link keeps pointing to it. An `OSError`
-    names `filepath` and what to do.
+    A failure leaves a previous file untouched; the new file keeps its mode
+    (a new one `0o666` less the umask) and a symbolic link keeps pointing to
+    it. An `OSError` names `filepath` and what to do.
 
     Args:
         filepath: The final path.
