@@ -1,12 +1,9 @@
 """Hugging Face PEFT FourierFT adapters: load them into Keras models, and back.
 
-A PEFT FourierFT adapter is a folder with `adapter_config.json` and
-`adapter_model.safetensors`, which holds one `fourierft_spectrum` (n float32
-values) per adapted torch module; the locations are regenerated from
-`random_loc_seed`. This package draws the same locations for the same seed
-and 2-D shape and computes the same delta_W, so an adapter moves between the
-two by renaming its modules: transformers' BERT module paths map to KerasHub
-layer paths by `BERT_LAYER_MAP` (or a `layer_map` of your own).
+A PEFT adapter folder holds one `fourierft_spectrum` per torch module; the
+locations come from `random_loc_seed`, drawn here exactly as in PEFT, so an
+adapter moves between the two by renaming modules (`BERT_LAYER_MAP` or a
+`layer_map`).
 """
 
 import os
@@ -80,8 +77,7 @@ def load_peft_adapter(model, path, layer_map=None, spectra_only=False):
     ```
     """
     adapter = read_peft_adapter(path)
-    others = adapter["other_keys"]
-    if others and not spectra_only:
+    if (others := adapter["other_keys"]) and not spectra_only:
         raise ValueError(
             f"The PEFT adapter at {os.fspath(path)!r} also stores weights "
             f"other than FourierFT spectra ({', '.join(map(repr, others[:3]))}), "
