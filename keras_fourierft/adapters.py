@@ -34,15 +34,12 @@ _MAX_TEXT = 1 << 16
 def save_fourierft_weights(model, filepath, include_trainable_weights=False):
     """Saves a model's FourierFT adapter to a `.weights.h5` file.
 
-    The file holds the effective spectrum of every adapted layer (4 bytes
-    per coefficient) with each layer's path, 2-D shape and settings, and,
-    with `include_trainable_weights=True`, the model's other trainable
-    weights (e.g. a task head). Saving is atomic (a temporary file in the
-    same folder, which must be writable, renamed over `filepath`): a failure
-    never destroys a previous file. The file keeps the mode of the file it
-    replaces (a new one `0o666` less the umask) and a symbolic link keeps
-    pointing to it. With several JAX processes only process 0 writes, from
-    the values on its own devices (no collective); the others return.
+    The file holds every adapted layer's effective spectrum (4 bytes per
+    coefficient), path, 2-D shape and settings and, optionally, the model's
+    other trainable weights (e.g. a task head). Saving goes through a
+    temporary file in the same (writable) folder, so a failure never
+    destroys a previous file. With several JAX processes only process 0
+    writes, from the values on its own devices.
 
     Args:
         model: A model adapted with `enable_fourierft`.
@@ -57,12 +54,7 @@ def save_fourierft_weights(model, filepath, include_trainable_weights=False):
     ```
     """
     filepath = _check_suffix(filepath)
-    layers = fourier_layers(model)
-    if not layers:
-        raise ValueError(
-            f"Model {model.name!r} has no FourierFT adapters to save. Call "
-            "`enable_fourierft` first."
-        )
+    layers = _layers_to_save(model)
     extra = _other_trainable(model) if include_trainable_weights else []
     if not is_writing_process():
         return
@@ -77,10 +69,8 @@ def save_fourierft_weights(model, filepath, include_trainable_weights=False):
                 package_version=__version__,
             )
             group = file.create_group("fourierft")
-            for index, ((path, layer), spectrum) in enumerate(
-                zip(layers, spectra, strict=True)
-            ):
-                data = group.create_dataset(str(index), data=spectrum)
+            for index, (path, layer) in enumerate(layers):
+                data = group.create_dataset(str(index), data=spectra[index])
                 data.attrs["path"] = path
                 data.attrs["config"] = json.dumps(layer.adapter_config())
             group = file.create_group("trainable")
@@ -94,15 +84,11 @@ def load_fourierft_weights(model, filepath):
     """Loads an adapter file written by `save_fourierft_weights`.
 
     Everything is checked before any weight changes: the file's structure
-    (only the groups, datasets and attributes the format defines, stored in
-    the file itself, each declared size checked against the file before its
-    values are read), that it holds the model's adapted layers by path
-    (2-D shapes, `n_frequency`, `scaling`, seed and sampling), that every
-    other stored weight is a trainable variable of the model with the same
-    shape, and that every value is finite. On the first mismatch a
-    `ValueError` names it and the model is left exactly as it was. A model
-    without adapters is first enabled with the file's settings; a merged
-    model stays merged.
+    and declared sizes, its layers against the model's by path (shapes and
+    settings), its other weights against the model's trainable variables,
+    and that every value is finite. On a mismatch a `ValueError` names it
+    and the model is left as it was. A model without adapters is enabled
+    with the file's settings; a merged model stays merged.
 
     Args:
         model: A Keras model with the architecture the adapter was trained on.
@@ -114,25 +100,13 @@ def load_fourierft_weights(model, filepath):
     keras_fourierft.load_fourierft_weights(model, "sst2.weights.h5")
     ```
     """
-    with _open(filepath) as (file, filepath):
-        header = _read_header(file, filepath)
-        # Declared sizes are checked against the model before any value is
-        # read: a file cannot make the loader allocate more than the model's
-        # own weights hold.
-        _check_model(model, header["layers"], header["extra"], trainable=False)
-        content = _read_values(header, filepath)
+    content = _read_adapter_file(filepath, model)
     _apply_adapter(model, content["layers"], content["extra"])
 
 
 def _apply_adapter(model, entries, extra=()):
-    """Checks adapter entries against a model, then loads them all or none.
-
-    Args:
-        model: A Keras model.
-        entries: A list of dicts, one per adapted layer: `path`,
-            `in_features`, `out_features`, the `SPECTRUM_FIELDS` and
-            `spectrum` (the effective coefficients).
-        extra: A list of `(variable path, array)` for other weights.
+    """Loads adapter entries (dicts: `path`, `_LAYER_FIELDS`, `spectrum`) and
+    `(path, array)` weights into a model, all or none after checking them.
     """
     matched = _check_model(model, entries, extra)
     if not fourier_layers(model):
@@ -148,14 +122,13 @@ def _apply_adapter(model, entries, extra=()):
         )
     layers = dict(fourier_layers(model))
     merged = [layer for layer in layers.values() if layer.merged]
-    unmerged = []
     try:  # Unmerging refuses a kernel changed while merged: undo, then raise.
         for layer in merged:
             layer.unmerge()
-            unmerged.append(layer)
     except ValueError:
-        for layer in unmerged:
-            layer.merge()
+        for layer in merged:
+            if not layer.merged:
+                layer.merge()
         raise
     for entry in entries:
         layers[entry["path"]].set_spectrum(entry["spectrum"])
@@ -165,18 +138,6 @@ def _apply_adapter(model, entries, extra=()):
         layer.merge()
 
 
-def _read_adapter_file(filepath):
-    """Reads and checks an adapter file without touching any model.
-
-    Returns:
-        A dict with `format_version`, `package_version`, `layers` (a list of
-        dicts: `path`, the fields of `_LAYER_FIELDS`, `spectrum`) and `extra`
-        (a list of `(path, array)` for the other stored weights).
-    """
-    with _open(filepath) as (file, filepath):
-        return _read_values(_read_header(file, filepath), filepath)
-
-
 def _check_suffix(filepath):
     filepath = os.fspath(filepath)
     if not filepath.endswith(SUFFIX):
@@ -184,6 +145,16 @@ def _check_suffix(filepath):
             f"Adapter files must end in {SUFFIX!r}. Received: {filepath!r}"
         )
     return filepath
+
+
+def _layers_to_save(model):
+    layers = fourier_layers(model)
+    if not layers:
+        raise ValueError(
+            f"Model {model.name!r} has no FourierFT adapters to save. Call "
+            "`enable_fourierft` first."
+        )
+    return layers
 
 
 def _other_trainable(model):
@@ -201,8 +172,12 @@ def _host_spectrum(layer):
     return stored * np.float32(layer.lr_multiplier)
 
 
-@contextlib.contextmanager
-def _open(filepath):
+def _read_adapter_file(filepath, model=None):
+    """Reads and checks an adapter file: `format_version`, `package_version`,
+    `layers` (dicts: `path`, `_LAYER_FIELDS`, `spectrum`) and `extra` (`(path,
+    array)` pairs). Declared sizes are checked against a `model` before any
+    value is read, so a file cannot allocate more than the model holds.
+    """
     filepath = _check_suffix(filepath)
     if os.path.isdir(filepath):
         raise IsADirectoryError(
@@ -217,127 +192,96 @@ def _open(filepath):
             f"{filepath!r} is not an HDF5 file (it may be truncated or of "
             "another format). Pass a file written by `save_fourierft_weights`."
         )
-    with _reading(filepath):
-        file = h5py.File(filepath, "r")
-    with file:
-        yield file, filepath
-
-
-@contextlib.contextmanager
-def _reading(filepath):
-    """Turns the errors of reading a damaged file into a `ValueError`."""
     try:
-        yield
+        with h5py.File(filepath, "r") as file:
+            header = _read_header(file, filepath)
+            if model is not None:
+                _check_model(model, header["layers"], header["extra"], False)
+            for entry in header["layers"]:
+                spectrum = np.asarray(entry.pop("data")[()], "float32")
+                where = f"Adapter file {filepath!r}: layer {entry['path']!r}"
+                entry["spectrum"] = reading.finite(spectrum, where)
+            header["extra"] = [
+                (
+                    p,
+                    reading.finite(
+                        np.asarray(d[()]), f"Adapter file {filepath!r}: {p}"
+                    ),
+                )
+                for p, d in header["extra"]
+            ]
     except (OSError, KeyError, RuntimeError) as error:
         raise ValueError(
             f"Cannot read adapter file {filepath!r}: {error}. The file is "
             "damaged or truncated."
         ) from None
-
-
-def _malformed(filepath):
-    return lambda what: ValueError(
-        f"Adapter file {filepath!r} is malformed: {what}. Pass a file written "
-        "by `save_fourierft_weights`."
-    )
+    return header
 
 
 def _read_header(file, filepath):
     """Checks a file's structure and descriptions; reads no stored values."""
-    damaged = _malformed(filepath)
-    with _reading(filepath):
-        if _text(file, "format", damaged, "the file", optional=True) != FORMAT:
-            raise ValueError(
-                f"{filepath!r} is an HDF5 file but not a FourierFT adapter "
-                "file (a full-model weights file loads with "
-                "`model.load_weights`)."
-            )
-        version = _attribute(file, "format_version", damaged, "the file")
-        if not isinstance(version, int | np.integer) or version < 1:
-            raise damaged(f"format_version is {version!r}")
-        if version > FORMAT_VERSION:
-            raise ValueError(
-                f"{filepath!r} has adapter format version {version}; this "
-                f"keras-fourierft ({__version__}) reads up to {FORMAT_VERSION}. "
-                "Upgrade keras-fourierft."
-            )
-        package = _text(file, "package_version", damaged, "the file", True) or ""
-        groups = reading.check_hdf5_members(file, h5py.Group, damaged)
-        if set(groups) - {"fourierft", "trainable"} or "fourierft" not in groups:
-            raise damaged(
-                f"the file holds {sorted(groups)}, not the groups 'fourierft' "
-                "and 'trainable'"
-            )
-        layers = [
-            _layer_entry(data, damaged, f"adapted layer {index}")
-            for index, data in enumerate(_datasets(groups["fourierft"], damaged))
-        ]
-        if not layers:
-            raise damaged("it holds no adapted layers")
-        extra = []
-        for index, data in enumerate(_datasets(groups.get("trainable"), damaged)):
+
+    def damaged(what):
+        return ValueError(
+            f"Adapter file {filepath!r} is malformed: {what}. Pass a file "
+            "written by `save_fourierft_weights`."
+        )
+
+    if _text(file, "format", damaged, "the file", optional=True) != FORMAT:
+        raise ValueError(
+            f"{filepath!r} is an HDF5 file but not a FourierFT adapter file (a "
+            "full-model weights file loads with `model.load_weights`)."
+        )
+    version = _text(file, "format_version", damaged, "the file", text=False)
+    if not isinstance(version, int | np.integer) or version < 1:
+        raise damaged(f"format_version is {version!r}")
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"{filepath!r} has adapter format version {version}; this "
+            f"keras-fourierft ({__version__}) reads up to {FORMAT_VERSION}. "
+            "Upgrade keras-fourierft."
+        )
+    package = _text(file, "package_version", damaged, "the file", True) or ""
+    groups = reading.hdf5_members(file, h5py.Group, damaged)
+    if set(groups) - {"fourierft", "trainable"} or "fourierft" not in groups:
+        raise damaged(
+            f"the file holds {sorted(groups)}, not the groups 'fourierft' "
+            "and 'trainable'"
+        )
+    layers = [
+        _layer_entry(data, damaged, f"adapted layer {index}")
+        for index, data in enumerate(
+            reading.hdf5_members(groups["fourierft"], h5py.Dataset, damaged, True)
+        )
+    ]
+    if not layers:
+        raise damaged("it holds no adapted layers")
+    extra = []
+    if "trainable" in groups:
+        stored = reading.hdf5_members(groups["trainable"], h5py.Dataset, damaged, True)
+        for index, data in enumerate(stored):
             path = _text(data, "path", damaged, f"stored weight {index}")
             where = f"stored weight {index} ({path!r})"
             reading.check_hdf5_dataset(data, where, "fiub", damaged)
             extra.append((path, data))
-    return {"format_version": int(version), "package_version": package} | {
-        "layers": layers,
-        "extra": extra,
-    }
+    version = int(version)
+    return dict(
+        format_version=version, package_version=package, layers=layers, extra=extra
+    )
 
 
-def _read_values(header, filepath):
-    """Reads the values of checked datasets; refuses non-finite ones."""
-    layers, extra = [], []
-    with _reading(filepath):
-        for entry in header["layers"]:
-            entry = dict(entry)
-            spectrum = np.asarray(entry.pop("data")[()], dtype="float32")
-            _check_finite(spectrum, filepath, f"layer {entry['path']!r}")
-            layers.append({**entry, "spectrum": spectrum})
-        for path, data in header["extra"]:
-            extra.append((path, _check_finite(np.asarray(data[()]), filepath, path)))
-    return {**header, "layers": layers, "extra": extra}
-
-
-def _check_finite(value, filepath, what):
-    if value.dtype.kind == "f" and not np.isfinite(value).all():
-        raise ValueError(
-            f"Adapter file {filepath!r}: {what} holds "
-            f"{np.size(value) - np.isfinite(value).sum()} non-finite values "
-            "(NaN or infinity); such an adapter would turn every output into "
-            "NaN. The training that wrote it diverged."
-        )
-    return value
-
-
-def _datasets(group, damaged):
-    """The datasets `0`, `1`, ... of a group, in order."""
-    if group is None:
-        return []
-    members = reading.check_hdf5_members(group, h5py.Dataset, damaged)
-    names = [str(index) for index in range(len(members))]
-    if sorted(members) != sorted(names):
-        raise damaged(
-            f"group {group.name.lstrip('/')!r} holds datasets {sorted(members)}, "
-            f"not 0 to {len(members) - 1}"
-        )
-    return [members[name] for name in names]
-
-
-def _attribute(obj, name, damaged, where):
+def _text(obj, name, damaged, where, optional=False, text=True):
+    """A scalar attribute; by default text (decoded, bounded)."""
+    if optional and name not in obj.attrs:
+        return None
     if name not in obj.attrs:
         raise damaged(f"{where} lacks the attribute {name!r}")
     shape = obj.attrs.get_id(name).shape
     if shape != ():
         raise damaged(f"attribute {name!r} of {where} has shape {shape}")
-    return obj.attrs[name]
-
-
-def _text(obj, name, damaged, where, optional=False):
-    if optional and name not in obj.attrs:
-        return None
-    value = _attribute(obj, name, damaged, where)
+    value = obj.attrs[name]
+    if not text:
+        return value
     if isinstance(value, bytes | np.bytes_):
         with contextlib.suppress(UnicodeDecodeError):
             value = value.decode("utf-8")
@@ -380,13 +324,9 @@ def _layer_entry(data, damaged, where):
 
 
 def _check_model(model, entries, extra, trainable=True):
-    """Checks declared entries and weights against a model; changes nothing.
+    """The `(variable, value)` pairs of `extra`, all checked; changes nothing.
 
-    With `trainable=False` (before values are read) the stored weights'
-    variables are not yet required to be trainable.
-
-    Returns:
-        The `(variable, value)` pairs of the other weights.
+    `trainable=False` (before values are read) skips the trainability check.
     """
     layers = dict(fourier_layers(model))
     if layers:

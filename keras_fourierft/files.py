@@ -1,8 +1,6 @@
 """Writing files so that a crash never leaves a damaged or mixed result.
 
-`write_atomically` writes one file, `write_files_atomically` several that
-belong together (a PEFT adapter folder's two files). Nothing here imports
-Keras.
+Nothing here imports Keras.
 """
 
 import contextlib
@@ -18,21 +16,16 @@ import safetensors.numpy
 
 PEFT_CONFIG_NAME = "adapter_config.json"
 PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
-# Safetensors header metadata (PEFT and transformers never read it): the
-# digest of the settings of the `adapter_config.json` saved with the
-# weights, so a folder whose two files come from different saves is refused.
+# Weights metadata (PEFT ignores it): the digest of the settings of the
+# config saved with them, so a folder mixing two saves is refused.
 PEFT_DIGEST_KEY = "keras_fourierft.config_sha256"
 _PEFT_DIGEST_FIELDS = (
-    "peft_type",
-    "n_frequency",
-    "n_frequency_pattern",
-    "scaling",
-    "random_loc_seed",
-    "target_modules",
-)
-# A temporary file `.<name>.<host>-<pid>-<random>.tmp` left by a save that
-# died is removed by a later save of the same file once its process is gone
-# (same host), or after a day.
+    "peft_type", "n_frequency", "n_frequency_pattern", "scaling",
+    "random_loc_seed", "target_modules",
+)  # fmt: skip
+# A temporary `.<name>.<host>-<pid>-<random>.tmp` of a save that died is
+# removed by a later save of the same file once its process is gone (same
+# host), or after a day.
 _STALE_AFTER_S = 24 * 3600
 _HOST = hashlib.sha256(socket.gethostname().encode("utf-8")).hexdigest()[:8]
 
@@ -40,12 +33,9 @@ _HOST = hashlib.sha256(socket.gethostname().encode("utf-8")).hexdigest()[:8]
 def write_atomically(filepath, write):
     """Writes a file under a temporary name, then renames it over `filepath`.
 
-    A failure at any point leaves a previous file at `filepath` untouched.
-    The temporary file is a hidden file next to the target; one left by a
-    killed process is removed by the next save of the same file. The new
-    file gets the mode of the file it replaces or, for a new file, `0o666`
-    less the umask. A `filepath` that is a symbolic link keeps pointing to
-    the new file. An `OSError` names `filepath` and what to do.
+    A failure leaves a previous file untouched; the new file keeps its mode
+    (a new one `0o666` less the umask) and a symbolic link keeps pointing to
+    it. An `OSError` names `filepath` and what to do.
 
     Args:
         filepath: The final path.
@@ -57,26 +47,22 @@ def write_atomically(filepath, write):
 def write_files_atomically(files):
     """Writes several files completely, then renames them into place in order.
 
-    Every file is written and flushed under its temporary name before the
-    first rename, so an error in any writer leaves all previous files
-    untouched; only a crash between the renames (microseconds) can leave the
-    first files new and the later ones old (see `write_peft_folder`).
+    An error in any writer leaves all previous files untouched; only a crash
+    between the renames can mix old and new files (see `write_peft_folder`).
 
     Args:
         files: A list of `(filepath, write)` pairs, renamed in this order.
     """
-    targets = [(os.fspath(path), write) for path, write in files]
     temporaries = []
     try:
-        for path, write in targets:
+        for path, write in files:
+            path = os.fspath(path)
             target = _checked_target(path)
-            _remove_stale_temporaries(target)
-            temporary = _create_temporary(path, target)
-            temporaries.append((temporary, target))
-            write(temporary)
-            _fsync(temporary)
+            temporaries.append((_create_temporary(path, target), target))
+            write(temporaries[-1][0])
+            _fsync(temporaries[-1][0])
             with contextlib.suppress(FileNotFoundError):
-                os.chmod(temporary, os.stat(target).st_mode & 0o7777)
+                os.chmod(temporaries[-1][0], os.stat(target).st_mode & 0o7777)
         for temporary, target in temporaries:
             os.replace(temporary, target)
         for folder in {os.path.dirname(target) for _, target in temporaries}:
@@ -106,6 +92,14 @@ def _checked_target(path):
 
 def _create_temporary(path, target):
     folder, name = os.path.split(target)
+    for entry in os.listdir(folder):  # remove those of dead saves
+        host, _, pid = entry.removeprefix(f".{name}.").rpartition("-")[0].partition("-")
+        stale = os.path.join(folder, entry)
+        if entry.startswith(f".{name}.") and entry.endswith(".tmp"):
+            with contextlib.suppress(OSError, ValueError):
+                dead = host == _HOST and int(pid) != os.getpid() and _dead(int(pid))
+                if dead or time.time() - os.lstat(stale).st_mtime > _STALE_AFTER_S:
+                    os.remove(stale)
     temporary = os.path.join(
         folder, f".{name}.{_HOST}-{os.getpid()}-{secrets.token_hex(4)}.tmp"
     )
@@ -123,30 +117,16 @@ def _create_temporary(path, target):
     return temporary
 
 
-def _remove_stale_temporaries(target):
-    folder, name = os.path.split(target)
-    for entry in os.listdir(folder):
-        parts = entry.removeprefix(f".{name}.").removesuffix(".tmp").split("-")
-        if not entry.startswith(f".{name}.") or len(parts) != 3:
-            continue
-        path = os.path.join(folder, entry)
-        with contextlib.suppress(OSError, ValueError):
-            host, pid = parts[0], int(parts[1])
-            dead = host == _HOST and pid != os.getpid() and not _alive(pid)
-            if dead or time.time() - os.lstat(path).st_mtime > _STALE_AFTER_S:
-                os.remove(path)
-
-
-def _alive(pid):
+def _dead(pid):
     if os.name == "nt":  # os.kill(pid, 0) would send CTRL_C_EVENT: use the age
-        return True
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False
+        return True
     except OSError:
         pass
-    return True
+    return False
 
 
 def _fsync(path):
@@ -158,44 +138,36 @@ def _fsync(path):
 
 
 def write_peft_folder(folder, config, tensors):
-    """Writes a PEFT adapter folder: the weights, then the config.
+    """Writes a PEFT adapter folder (created if needed): weights, then config.
 
-    The weights file records a digest of the config's settings in its
-    metadata, so a folder left by a save that died between its two renames
-    (new weights, old config) is refused by `check_peft_pair`.
-
-    Args:
-        folder: The folder, created if needed.
-        config: The `adapter_config.json` content, a dict.
-        tensors: A dict from tensor name to numpy array.
+    The weights record `peft_config_digest(config)`, so a folder left by a
+    save that died between its two renames is refused by `check_peft_pair`.
     """
     metadata = {"format": "pt", PEFT_DIGEST_KEY: peft_config_digest(config)}
     os.makedirs(folder, exist_ok=True)
     # Serialised here: `safetensors.numpy.save_file` writes through a
     # temporary file of its own, which a kill would leave behind.
-    weights = safetensors.numpy.save(tensors, metadata=metadata)
-    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    contents = {
+        PEFT_WEIGHTS_NAME: safetensors.numpy.save(tensors, metadata=metadata),
+        PEFT_CONFIG_NAME: (json.dumps(config, indent=2, sort_keys=True) + "\n"),
+    }
     write_files_atomically(
-        [
-            (os.path.join(folder, PEFT_WEIGHTS_NAME), lambda t: _write(t, weights)),
-            (
-                os.path.join(folder, PEFT_CONFIG_NAME),
-                lambda t: _write(t, text.encode()),
-            ),
-        ]
+        [(os.path.join(folder, name), _writer(data)) for name, data in contents.items()]
     )
 
 
-def _write(path, data):
-    with open(path, "wb") as file:
-        file.write(data)
+def _writer(data):
+    data = data.encode() if isinstance(data, str) else data
+
+    def write(path):
+        with open(path, "wb") as file:
+            file.write(data)
+
+    return write
 
 
 def peft_config_digest(config):
-    """The sha256 of the settings that give a PEFT adapter's weights meaning.
-
-    Other fields (e.g. `base_model_name_or_path`) may be edited freely.
-    """
+    """The sha256 of the settings that give a PEFT adapter's weights meaning."""
     fields = {name: config.get(name) for name in _PEFT_DIGEST_FIELDS}
     if isinstance(fields["scaling"], int | float):
         fields["scaling"] = float(fields["scaling"])
@@ -208,11 +180,7 @@ def peft_config_digest(config):
 def check_peft_pair(folder, config, metadata):
     """Refuses a PEFT folder whose weights were saved with another config.
 
-    Args:
-        folder: The folder, for the message.
-        config: The parsed `adapter_config.json`.
-        metadata: The weights file's header metadata (a dict or `None`).
-            Weights without a digest (written by PEFT) are accepted.
+    Weights without a digest (written by PEFT) are accepted.
     """
     recorded = (metadata or {}).get(PEFT_DIGEST_KEY)
     if recorded is not None and recorded != peft_config_digest(config):

@@ -1,36 +1,33 @@
 """Hugging Face PEFT FourierFT adapters: load them into Keras models, and back.
 
-A PEFT FourierFT adapter is a folder with `adapter_config.json` and
-`adapter_model.safetensors`, which holds one `fourierft_spectrum` (n float32
-values) per adapted torch module; the locations are regenerated from
-`random_loc_seed`. This package draws the same locations for the same seed
-and 2-D shape and computes the same delta_W, so an adapter moves between the
-two by renaming its modules: transformers' BERT module paths map to KerasHub
-layer paths by `BERT_LAYER_MAP` (or a `layer_map` of your own).
+A PEFT adapter folder holds one `fourierft_spectrum` per torch module; the
+locations come from `random_loc_seed`, drawn here exactly as in PEFT, so an
+adapter moves between the two by renaming modules (`BERT_LAYER_MAP` or a
+`layer_map`).
 """
 
 import os
 import re
 
-import numpy as np
-
 from keras_fourierft import reading
 from keras_fourierft.adapters import _apply_adapter
 from keras_fourierft.adapters import _host_spectrum
+from keras_fourierft.adapters import _layers_to_save
 from keras_fourierft.adapters import _weight_shape
 from keras_fourierft.config import check_finite
 from keras_fourierft.config import check_integer
 from keras_fourierft.config import check_positive_integer
 from keras_fourierft.distribution import is_writing_process
-from keras_fourierft.files import PEFT_CONFIG_NAME as CONFIG_NAME
-from keras_fourierft.files import PEFT_WEIGHTS_NAME as WEIGHTS_NAME
+from keras_fourierft.files import PEFT_CONFIG_NAME
+from keras_fourierft.files import PEFT_WEIGHTS_NAME
 from keras_fourierft.files import check_peft_pair
 from keras_fourierft.files import write_peft_folder
-from keras_fourierft.surgery import fourier_layers
 from keras_fourierft.surgery import walk_layers
 
+FILE_NAMES = (PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME)
 _KEY_PREFIX = "base_model.model."
 _KEY_SUFFIX = ".fourierft_spectrum"
+_NUMBER = r"\d+"
 
 # transformers' BERT/RoBERTa module paths and the KerasHub layer paths they
 # correspond to; `{i}` is a block index, `{name:a|b}` one of the names listed.
@@ -53,14 +50,12 @@ def load_peft_adapter(model, path, layer_map=None, spectra_only=False):
     """Loads a Hugging Face PEFT FourierFT adapter into a Keras model.
 
     The adapter's modules are mapped to the model's layers (transformers'
-    BERT names to KerasHub's by default), and everything is checked before
-    any weight changes: the file format, that every module maps to exactly
-    one `Dense`/`EinsumDense` layer of the model, the number of coefficients
-    per module (PEFT's `n_frequency` and `n_frequency_pattern`) and, for an
-    already adapted model, that its adapted layers and settings are the
-    adapter's. A model without adapters is enabled with the adapter's
-    settings. On any mismatch a `ValueError` says what differs and the model
-    is left as it was. The result computes what PEFT computes.
+    BERT names to KerasHub's by default). Everything is checked before any
+    weight changes (the files, one `Dense`/`EinsumDense` layer per module,
+    each module's `n_frequency`, an adapted model's layers and settings); on
+    a mismatch a `ValueError` says what differs and the model is left as it
+    was. A model without adapters is enabled with the adapter's settings.
+    The result computes what PEFT computes.
 
     Args:
         model: A Keras model with the architecture the adapter was trained
@@ -82,8 +77,7 @@ def load_peft_adapter(model, path, layer_map=None, spectra_only=False):
     ```
     """
     adapter = read_peft_adapter(path)
-    others = adapter["other_keys"]
-    if others and not spectra_only:
+    if (others := adapter["other_keys"]) and not spectra_only:
         raise ValueError(
             f"The PEFT adapter at {os.fspath(path)!r} also stores weights "
             f"other than FourierFT spectra ({', '.join(map(repr, others[:3]))}), "
@@ -92,7 +86,7 @@ def load_peft_adapter(model, path, layer_map=None, spectra_only=False):
             "alone."
         )
     config = adapter["config"]
-    layers = {layer_path: layer for layer_path, layer in walk_layers(model)}
+    layers = dict(walk_layers(model))
     targets = {}
     for module, spectrum in adapter["spectra"].items():
         layer_path = _keras_path(module, layer_map, layers, model)
@@ -113,11 +107,9 @@ def load_peft_adapter(model, path, layer_map=None, spectra_only=False):
 def read_peft_adapter(path):
     """Reads and checks a PEFT FourierFT adapter folder without any model.
 
-    The config is checked first, then the weights file's header: every
-    spectrum's declared dtype and shape against the config, and every
-    declared size against the file's, before any tensor is read. Only the
-    spectra are read; float16/bfloat16 spectra (as PEFT saves them under
-    mixed precision) are returned as float32.
+    The config, then every declared dtype, shape and size of the weights
+    file are checked before any tensor is read. Only the spectra are read,
+    as float32 (PEFT saves float16/bfloat16 under mixed precision).
 
     Args:
         path: The adapter folder.
@@ -135,13 +127,12 @@ def read_peft_adapter(path):
     ```
     """
     path = os.fspath(path)
-    config_path = os.path.join(path, CONFIG_NAME)
-    weights_path = os.path.join(path, WEIGHTS_NAME)
-    for required in (config_path, weights_path):
-        if not os.path.isfile(required):
+    config_path, weights_path = (os.path.join(path, n) for n in FILE_NAMES)
+    for name in FILE_NAMES:
+        if not os.path.isfile(os.path.join(path, name)):
             raise FileNotFoundError(
-                f"No {os.path.basename(required)} in {path!r}: pass the folder "
-                "that PEFT's `save_pretrained` wrote (safetensors format)."
+                f"No {name} in {path!r}: pass the folder that PEFT's "
+                "`save_pretrained` wrote (safetensors format)."
             )
     config = _read_config(config_path)
     n_frequency = _n_frequency_rule(config, config_path)
@@ -164,26 +155,20 @@ def read_peft_adapter(path):
                 f"{module!r} stores a spectrum of shape {shape}, the config "
                 f"gives n_frequency={n_frequency(module)}."
             )
-        if reading.dtype_name(dtype)[0] not in "fb":
+        if dtype[0] not in "fb":
             raise ValueError(
                 f"{weights_path!r} stores the spectrum of module {module!r} as "
-                f"{reading.dtype_name(dtype)} values, not floating point."
+                f"{dtype} values, not floating point."
             )
         modules[key] = module
     if not modules:
         raise ValueError(f"{weights_path!r} holds no FourierFT spectra.")
     check_peft_pair(path, config, header["metadata"])
+    values = reading.read_tensors(weights_path, weights_path, header, modules)
     spectra = {}
-    for key, value in reading.read_tensors(
-        weights_path, weights_path, header, modules
-    ).items():
-        if not np.isfinite(value).all():
-            raise ValueError(
-                f"{weights_path!r}: the spectrum of module {modules[key]!r} "
-                "holds non-finite values (NaN or infinity); such an adapter "
-                "would turn every output into NaN."
-            )
-        spectra[modules[key]] = value.astype("float32")
+    for key, value in values.items():
+        where = f"{weights_path!r}: the spectrum of module {modules[key]!r}"
+        spectra[modules[key]] = reading.finite(value.astype("float32"), where)
     return {"config": config, "spectra": spectra, "other_keys": sorted(other_keys)}
 
 
@@ -192,21 +177,15 @@ def save_peft_adapter(
 ):
     """Saves a model's FourierFT adapter as a Hugging Face PEFT adapter.
 
-    Writes `adapter_config.json` and `adapter_model.safetensors` into the
-    folder `path` (created if needed), which PEFT's
+    Writes the folder `path` (created if needed) that PEFT's
     `PeftModel.from_pretrained` loads into the matching transformers model.
-    Layer paths become PEFT module paths by `BERT_LAYER_MAP` (or the
-    inverse of `layer_map`), prefixed with `module_prefix` (e.g. `"bert."`
-    for a `BertForSequenceClassification`). `target_modules` lists the
-    exact modules, so PEFT adapts those and no others.
-
-    Both files are written completely before either is renamed into place,
-    so a failure leaves the previous adapter as it was; the weights record a
-    digest of the config (PEFT ignores it), so a folder left half-renamed by
-    a crash is refused on load. Only the spectra are stored (PEFT's
-    `bias="none"`): layers that train their biases, or two layers with the
-    same module name (e.g. two backbones), are refused. With several JAX
-    processes only process 0 writes.
+    Layer paths become module paths by `BERT_LAYER_MAP` (or the inverse of
+    `layer_map`) after `module_prefix` (e.g. `"bert."`). A failure leaves a
+    previous adapter as it was, and a folder half-renamed by a crash is
+    refused on load. Only spectra are stored (PEFT's `bias="none"`): layers
+    that train their bias, or two layers with one module name (e.g. two
+    backbones), are refused. With several JAX processes only process 0
+    writes.
 
     Args:
         model: A model adapted with `enable_fourierft` (uniform sampling, one
@@ -223,31 +202,29 @@ def save_peft_adapter(
     keras_fourierft.save_peft_adapter(backbone, "my-peft-adapter/")
     ```
     """
-    layers = fourier_layers(model)
-    if not layers:
-        raise ValueError(
-            f"Model {model.name!r} has no FourierFT adapters to save. Call "
-            "`enable_fourierft` first."
-        )
+    layers = _layers_to_save(model)
     _check_exportable(layers)
     inverse = None if layer_map is None else {v: k for k, v in layer_map.items()}
-    modules = [module_prefix + _peft_path(p, inverse) for p, _ in layers]
+    flipped = [(keras, peft) for peft, keras in BERT_LAYER_MAP]
+    modules = [
+        module_prefix + _rename(p, inverse, flipped, "/", "layer") for p, _ in layers
+    ]
     owners = {}
     for (layer_path, _), module in zip(layers, modules, strict=True):
-        if module in owners:
+        if owners.setdefault(module, layer_path) != layer_path:
             raise ValueError(
                 f"Layers {owners[module]!r} and {layer_path!r} both map to PEFT "
                 f"module {module!r} (e.g. two backbones in one model); a PEFT "
                 "adapter names each module once. Pass a `layer_map` that names "
                 "them apart, or save each backbone on its own."
             )
-        owners[module] = layer_path
     counts = [layer.n_frequency for _, layer in layers]
     default = max(set(counts), key=counts.count)
     first = layers[0][1]
-    config = {
+    unset = ("task_type", "modules_to_save", "layers_to_transform")
+    unset += ("layers_pattern", "exclude_modules", "revision")
+    config = dict.fromkeys(unset) | {
         "peft_type": "FOURIERFT",
-        "task_type": None,
         "base_model_name_or_path": base_model_name_or_path,
         "inference_mode": True,
         "n_frequency": default,
@@ -262,11 +239,6 @@ def save_peft_adapter(
         "init_weights": False,
         "bias": "none",
         "fan_in_fan_out": False,
-        "modules_to_save": None,
-        "layers_to_transform": None,
-        "layers_pattern": None,
-        "exclude_modules": None,
-        "revision": None,
     }
     if not is_writing_process():
         return
@@ -315,21 +287,17 @@ def _location_seed(config):
     return int(config["random_loc_seed"]) % 2**32  # as torch's generator
 
 
-# `n_frequency_pattern` keys come from the adapter folder and PEFT matches
-# them as regular expressions against module names, which also come from
-# the folder. A key that is a dotted name is compared as a suffix. Any other
-# key is matched as PEFT does, but only when its matching work is bounded by
-# a simple rule: no backreferences, repeats (*, +, ?, {}) only of single
-# characters and at most `_MAX_REPEATS` of them, at most `_MAX_ALTERNATIVES`
-# combinations of alternatives; module names have at most `_MAX_MODULE`
-# characters. Matching then costs at most a small polynomial in that length.
+# `n_frequency_pattern` keys and module names come from the folder, and PEFT
+# matches the keys as regexes. A dotted name is compared as a suffix; any
+# other key only if its matching work is bounded: no backreferences, at most
+# `_MAX_REPEATS` repeats, each of one character, at most `_MAX_ALTERNATIVES`
+# combinations of alternatives, module names of at most `_MAX_MODULE`.
 _LITERAL_KEY = re.compile(r"[\w-]+(?:\.[\w-]+)*")
 _MAX_KEY = 256
 _MAX_MODULE = 512
 _MAX_REPEATS = 2
 _MAX_ALTERNATIVES = 16
-# A regex's atoms: an escape, a class, a group's start or end, `|`, a
-# quantifier (with its lazy/possessive suffix) or any other character.
+# A regex's atoms: escape, class, group start/end, `|`, quantifier, other.
 _QUANTIFIER = re.compile(r"(?:[*+?]|\{\d*,?\d*\})[?+]?")
 _TOKEN = re.compile(
     rf"\\.|\[\^?\]?(?:\\.|[^\]])*\]|\(\??|\)|\||{_QUANTIFIER.pattern}|."
@@ -337,24 +305,13 @@ _TOKEN = re.compile(
 
 
 def _n_frequency_rule(config, config_path):
-    r"""PEFT's rule as a function of a module path.
-
-    The first `n_frequency_pattern` key `k` with
-    `re.match(rf".*\.{k}$", module)` sets the module's n; otherwise a key
-    equal to the module path, otherwise `n_frequency`.
-    """
+    r"""PEFT's n: the first key `k` with `re.match(rf".*\.{k}$", module)`."""
     pattern = config.get("n_frequency_pattern") or {}
-    matchers = [
-        (_key_matcher(key, config_path), value) for key, value in pattern.items()
-    ]
-
-    def rule(module):
-        for matches, value in matchers:
-            if matches(module):
-                return value
-        return pattern.get(module, config["n_frequency"])
-
-    return rule
+    matchers = [(_key_matcher(key, config_path), n) for key, n in pattern.items()]
+    return lambda module: next(
+        (n for matches, n in matchers if matches(module)),
+        pattern.get(module, config["n_frequency"]),
+    )
 
 
 def _key_matcher(key, config_path):
@@ -417,13 +374,6 @@ def _entry(layer_path, layer, module, spectrum, config):
     in_features, out_features = _weight_shape(
         layer, f"Layer {layer_path!r} (for PEFT module {module!r})"
     )
-    size = in_features * out_features
-    if spectrum.shape[0] > size:
-        raise ValueError(
-            f"PEFT module {module!r} has {spectrum.shape[0]} coefficients but "
-            f"layer {layer_path!r} has only {size} weights: the layer map "
-            "pairs it with a layer of another shape."
-        )
     return dict(
         path=layer_path, in_features=in_features, out_features=out_features,
         n_frequency=int(spectrum.shape[0]), scaling=float(config["scaling"]),
@@ -433,18 +383,7 @@ def _entry(layer_path, layer, module, spectrum, config):
 
 
 def _keras_path(module, layer_map, layers, model):
-    if layer_map is not None:
-        if module not in layer_map:
-            raise ValueError(f"`layer_map` has no entry for PEFT module {module!r}.")
-        wanted = layer_map[module]
-    else:
-        wanted = _translate(module, BERT_LAYER_MAP, separator=".")
-        if wanted is None:
-            raise ValueError(
-                f"PEFT module {module!r} has no known KerasHub counterpart. "
-                "Pass `layer_map={peft_module_path: layer_path}` (layer paths "
-                "as `keras_fourierft.walk_layers(model)` lists them)."
-            )
+    wanted = _rename(module, layer_map, BERT_LAYER_MAP, ".", "PEFT module")
     found = [p for p in layers if p == wanted or p.endswith("/" + wanted)]
     if len(found) != 1:
         what = "no layer" if not found else f"several layers ({found})"
@@ -455,45 +394,26 @@ def _keras_path(module, layer_map, layers, model):
     return found[0]
 
 
-def _peft_path(layer_path, inverse):
-    if inverse is not None:
-        if layer_path not in inverse:
-            raise ValueError(f"`layer_map` has no entry for layer {layer_path!r}.")
-        return inverse[layer_path]
-    flipped = tuple((keras, peft) for peft, keras in BERT_LAYER_MAP)
-    module = _translate(layer_path, flipped, separator="/")
-    if module is None:
-        raise ValueError(
-            f"Layer {layer_path!r} has no known PEFT module name. Pass "
-            "`layer_map={peft_module_path: layer_path}`."
-        )
-    return module
-
-
-def _translate(path, table, separator):
-    """Rewrites the end of `path` by the first matching template pair."""
+def _rename(path, layer_map, table, separator, kind):
+    """`path` by `layer_map`, else by the first `table` pair matching its end."""
+    if layer_map is not None:
+        if path not in layer_map:
+            raise ValueError(f"`layer_map` has no entry for {kind} {path!r}.")
+        return layer_map[path]
     for source, target in table:
-        match = re.fullmatch(
-            rf"(?:.*{re.escape(separator)})?{_template_regex(source)}", path
-        )
+        pattern, position = rf"(?:.*{re.escape(separator)})?", 0
+        for field in re.finditer(r"\{(\w+)(?::([^}]*))?\}", source):
+            pattern += re.escape(source[position : field.start()])
+            pattern += f"(?P<{field[1]}>{field[2] or _NUMBER})"
+            position = field.end()
+        match = re.fullmatch(pattern + re.escape(source[position:]), path)
         if match:
-            return _fill(target, match.groupdict())
-    return None
-
-
-def _template_regex(template):
-    """`a.{i}.{name:x|y}` -> a regex with named groups `i` and `name`."""
-    pattern, position = "", 0
-    for match in re.finditer(r"\{(\w+)(?::([^}]*))?\}", template):
-        pattern += re.escape(template[position : match.start()])
-        choices = match.group(2) or r"\d+"
-        pattern += f"(?P<{match.group(1)}>{choices})"
-        position = match.end()
-    return pattern + re.escape(template[position:])
-
-
-def _fill(template, values):
-    return re.sub(r"\{(\w+)(?::[^}]*)?\}", lambda m: values[m.group(1)], template)
+            return re.sub(r"\{(\w+)(?::[^}]*)?\}", lambda f, m=match: m[f[1]], target)
+    raise ValueError(
+        f"The {kind} {path!r} has no known counterpart. Pass `layer_map="
+        "{peft_module_path: layer_path}` (layer paths as "
+        "`keras_fourierft.walk_layers(model)` lists them)."
+    )
 
 
 def _check_exportable(layers):

@@ -1,22 +1,9 @@
 """Reading untrusted files: every declared size is checked before any data.
 
-One reader for every format this package loads. Each function takes the
-name the messages should give the file (the user's path, or e.g.
-`"model.keras/config.json"` for an archive member) and raises a
-`ValueError` naming it on anything malformed; none reads past a declared
-limit. Nothing here imports Keras.
-
-- `read_json(source, name, max_bytes)`: a JSON document from a path or an
-  open binary file (such as `zipfile.ZipFile.open(member)`), at most
-  `max_bytes` read.
-- `safetensors_header(path, name)` then `read_tensors(path, name, header,
-  keys)`: the header is checked (length, JSON, dtypes, shapes, offsets
-  against the file's size) before a single tensor byte is read, and only
-  the tensors asked for are read.
-- `check_hdf5_members(group, kind, damaged)`, `check_hdf5_dataset(data,
-  where, kinds, damaged)`: HDF5 members are hard links of the expected kind;
-  datasets are stored in the file itself with known filters and a declared
-  size that fits the file. `damaged(what)` returns the error to raise.
+The one reader for every format this package loads (no Keras). `name` is
+how messages name the file; anything malformed raises a `ValueError` naming
+it, and nothing is read past a declared limit. For HDF5, `damaged(what)`
+returns the error to raise.
 """
 
 import json
@@ -27,22 +14,15 @@ import h5py
 import numpy as np
 
 MAX_JSON_BYTES = 1 << 24
-_BFLOAT16 = "bfloat16"
 _DTYPES = {
-    "F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": _BFLOAT16,
+    "F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "bfloat16",
     "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
     "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?",
 }  # fmt: skip
 
 
 def read_json(source, name, max_bytes=MAX_JSON_BYTES):
-    """Reads a JSON document of at most `max_bytes` bytes.
-
-    Args:
-        source: A path, or a binary file object open for reading.
-        name: How messages name the document.
-        max_bytes: Integer, the most bytes read.
-    """
+    """Reads a JSON document (a path or a binary file) of at most `max_bytes`."""
     try:
         if isinstance(source, str | os.PathLike):
             with open(source, "rb") as file:
@@ -53,10 +33,6 @@ def read_json(source, name, max_bytes=MAX_JSON_BYTES):
         raise ValueError(f"Cannot read {name!r}: {error.strerror}.") from None
     if len(data) > max_bytes:
         raise ValueError(f"{name!r} is larger than {max_bytes} bytes.")
-    return _parse_json(data, name)
-
-
-def _parse_json(data, name):
     try:
         return json.loads(data.decode("utf-8"))
     except ValueError as error:
@@ -68,8 +44,8 @@ def safetensors_header(path, name):
 
     Returns:
         A dict with `metadata` (a dict or `None`) and `tensors` (name ->
-        `(dtype, shape, start, end)`: a numpy dtype or `"bfloat16"`, and
-        the byte range in the file).
+        `(dtype, shape, start, end)`: the numpy dtype name, `"bfloat16"`
+        included, and the byte range in the file).
     """
     size = os.path.getsize(path)
 
@@ -84,24 +60,26 @@ def safetensors_header(path, name):
         if size < 8 or not 1 < length <= min(size - 8, MAX_JSON_BYTES):
             raise damaged(f"its header declares {length} bytes")
         try:
-            header = _parse_json(file.read(length), name)
+            header = json.loads(file.read(length).decode("utf-8"))
         except ValueError as error:
             raise damaged(f"its header is not JSON ({error})") from None
     if not isinstance(header, dict):
         raise damaged("its header is not a JSON object")
     metadata = header.pop("__metadata__", None)
+    entries = {k: v if isinstance(v, dict) else {} for k, v in header.items()}
     tensors, start = {}, 8 + length
-    for key, entry in sorted(header.items(), key=_begin):
-        shape = entry.get("shape") if isinstance(entry, dict) else None
-        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
-        dtype = _DTYPES.get(entry.get("dtype")) if isinstance(entry, dict) else None
-        valid = dtype and _int_list(shape) and _int_list(offsets, 2)
-        itemsize = 2 if dtype == _BFLOAT16 else np.dtype(dtype or "u1").itemsize
-        if not valid or offsets[1] - offsets[0] != math.prod(shape) * itemsize:
-            raise damaged(f"tensor {key[:80]!r} is declared as {entry!r:.200}")
+    for key, entry in sorted(entries.items(), key=lambda i: _begin(i[1])):
+        shape, offsets = entry.get("shape"), entry.get("data_offsets")
+        dtype = _DTYPES.get(entry.get("dtype"))
+        itemsize = 2 if dtype == "bfloat16" else np.dtype(dtype or "u1").itemsize
+        if not (dtype and _int_list(shape) and _int_list(offsets, 2)) or (
+            offsets[1] - offsets[0] != math.prod(shape) * itemsize
+        ):
+            raise damaged(f"tensor {key[:80]!r} is declared as {header[key]!r:.200}")
         if 8 + length + offsets[0] != start:
             raise damaged(f"tensor {key[:80]!r} does not follow the one before")
         start = 8 + length + offsets[1]
+        dtype = dtype if dtype == "bfloat16" else np.dtype(dtype).name
         tensors[key] = (dtype, tuple(shape), 8 + length + offsets[0], start)
     if start != size:
         raise damaged(f"its header describes {start} bytes, the file has {size}")
@@ -109,8 +87,20 @@ def safetensors_header(path, name):
     return {"metadata": metadata, "tensors": tensors}
 
 
-def _begin(item):
-    offsets = item[1].get("data_offsets") if isinstance(item[1], dict) else None
+def finite(value, where):
+    """`value`, refused if it holds NaN or infinity; `where` names it."""
+    bad = np.size(value) - np.isfinite(value).sum() if value.dtype.kind == "f" else 0
+    if bad:
+        raise ValueError(
+            f"{where} holds {bad} non-finite values (NaN or infinity); such an "
+            "adapter would turn every output into NaN. The training that wrote "
+            "it diverged."
+        )
+    return value
+
+
+def _begin(entry):
+    offsets = entry.get("data_offsets")
     return offsets[0] if _int_list(offsets, 2) else -1
 
 
@@ -123,11 +113,7 @@ def _int_list(value, length=None):
 
 
 def read_tensors(path, name, header, keys):
-    """Reads the tensors `keys` (float16/bfloat16 as float32) of a file.
-
-    Returns:
-        A dict from name to numpy array.
-    """
+    """Reads the tensors `keys` (float16/bfloat16 as float32): name -> array."""
     result = {}
     with open(path, "rb") as file:
         for key in keys:
@@ -136,19 +122,13 @@ def read_tensors(path, name, header, keys):
             data = file.read(end - start)
             if len(data) != end - start:
                 raise ValueError(f"Cannot read {name!r}: the file was truncated.")
-            if dtype == _BFLOAT16:
-                bits = np.frombuffer(data, "<u2").astype("<u4") << 16
-                value = bits.view("<f4")
+            if dtype == "bfloat16":
+                value = (np.frombuffer(data, "<u2").astype("<u4") << 16).view("<f4")
             else:
-                value = np.frombuffer(data, dtype)
-                value = value.astype("float32" if dtype == "<f2" else dtype)
+                value = np.frombuffer(data, np.dtype(dtype).newbyteorder("<"))
+                value = value.astype("float32" if dtype == "float16" else dtype)
             result[key] = value.reshape(shape)
     return result
-
-
-def dtype_name(dtype):
-    """The numpy name of a dtype `safetensors_header` gives."""
-    return _BFLOAT16 if dtype == _BFLOAT16 else np.dtype(dtype).name
 
 
 # HDF5 filters allowed: deflate, shuffle, fletcher32 and h5py's lzf. None
@@ -159,8 +139,10 @@ _MAX_EXPANSION = 1100
 _LAYOUTS = {h5py.h5d.COMPACT, h5py.h5d.CONTIGUOUS, h5py.h5d.CHUNKED}
 
 
-def check_hdf5_members(group, kind, damaged):
-    """A group's members by name, each checked to be a hard link to `kind`."""
+def hdf5_members(group, kind, damaged, numbered=False):
+    """A group's members, each a hard link to `kind`; by name or, if
+    `numbered`, the list of members `0`, `1`, ...
+    """
     members = {}
     where = f"group {group.name.lstrip('/')!r}" if group.name != "/" else "the file"
     for key in group:
@@ -170,14 +152,20 @@ def check_hdf5_members(group, kind, damaged):
                 f"{where} holds {type(link).__name__} {key!r}; links (to this "
                 "or other files) are not part of the format"
             )
-        member = group[key]
-        if not isinstance(member, kind):
+        if not isinstance(group[key], kind):
             raise damaged(
-                f"{where} holds {type(member).__name__} {key!r} where the "
+                f"{where} holds {type(group[key]).__name__} {key!r} where the "
                 f"format has a {kind.__name__}"
             )
-        members[key] = member
-    return members
+        members[key] = group[key]
+    if not numbered:
+        return members
+    names = [str(index) for index in range(len(members))]
+    if sorted(members) != sorted(names):
+        raise damaged(
+            f"{where} holds datasets {sorted(members)}, not 0 to {len(members) - 1}"
+        )
+    return [members[name] for name in names]
 
 
 def check_hdf5_dataset(data, where, kinds, damaged):
@@ -198,10 +186,12 @@ def check_hdf5_dataset(data, where, kinds, damaged):
     limit = os.path.getsize(data.file.filename) * (_MAX_EXPANSION if filters else 1)
     chunks = plist.get_chunk() if layout == h5py.h5d.CHUNKED else ()
     stored = data.id.get_storage_size()
-    too_big = size > limit or math.prod(chunks) * data.dtype.itemsize > max(
-        size, 1 << 20
-    )
-    if too_big or (not filters and stored < size):
+    chunk_size = math.prod(chunks) * data.dtype.itemsize
+    if (
+        size > limit
+        or chunk_size > max(size, 1 << 20)
+        or (not filters and stored < size)
+    ):
         raise damaged(
             f"{where} declares {data.shape} {data.dtype} values ({size} bytes) "
             f"but the file stores {stored} bytes for it"

@@ -723,3 +723,20 @@ def test_seeds_torch_refuses_name_the_config_field(tmp_path, seed):
     _strip_metadata(folder)
     _edit_config(folder, random_loc_seed=seed)
     _assert_refused(folder, r"adapter_config.json.*random_loc_seed")
+
+
+def test_spectrum_larger_than_its_layer_is_refused(tmp_path):
+    folder = _small_peft_adapter(tmp_path)
+
+    def grow(tensors):
+        for key in tensors:
+            tensors[key] = np.ones(100000, "float32")
+
+    _edit_tensors(folder, grow)
+    _edit_config(folder, n_frequency=100000)
+    model = _fresh_bert()
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="100000"):
+        load_peft_adapter(model, folder)
+    assert_same_weights(before, snapshot(model))
+    assert not fourier_layers(model)
