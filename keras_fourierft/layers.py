@@ -831,9 +831,18 @@ class _FourierFTMixin(_ComputePaths, _MergeState, keras_internals.CountsOwnVaria
     # ------------------------------------------------------------------
 
     def _base_store_size(self):
-        probe = {}
-        super().save_own_variables(probe)
-        return len(probe)
+        # The entries the plain layer's `load_own_variables` reads: its
+        # serialization spec for the mode, less the variables it lacks, as
+        # Keras's loader skips them. (Probing Keras's save instead undercounts
+        # an int4 layer rebuilt from a config: no `quantization_config`, so
+        # no `kernel_zero` entry, although the layer has one to load.)
+        absent = {
+            "bias": self.bias is None,
+            "kernel_zero": not hasattr(self, "kernel_zero"),
+            "g_idx": not hasattr(self, "g_idx"),
+        }
+        names = self.variable_serialization_spec[self.quantization_mode]
+        return sum(1 for name in names if not absent.get(name, False))
 
     def save_own_variables(self, store):
         """Stores the base layer's entries, as the plain layer does.

@@ -195,7 +195,6 @@ class KerasFileTest(testing.TestCase):
     # Open (#18 item 15): a KerasHub int4 layer rebuilt from its config gets
     # no `quantization_config`, so its own `save_own_variables` counts 4
     # entries where the saved sub-channel layer wrote 5 (`kernel_zero`).
-    @pytest.mark.xfail(strict=True, reason="#18 item 15, int4 entry count")
     @pytest.mark.filterwarnings("ignore:Layer InputLayer does not have:UserWarning")
     def test_int4_quantized_kerashub_backbone_round_trips(self):
         model = models.bert_backbone()
