@@ -24,6 +24,8 @@ In-place adaptation needs a few things Keras keeps private:
   (`set_monitor_op`);
 - `keras.src.models.functional.Functional`, the class of plain Functional
   models (`lists_its_layers`);
+- `Model._jax_state`, set while Keras's JAX trainer runs `fit`
+  (`fitting_on_jax`);
 - `ReversibleEmbedding._int8_call` and its int8 variables, to give int8
   logits a straight-through input gradient
   (`give_logits_an_input_gradient`).
@@ -315,3 +317,22 @@ def lists_its_layers(layer):
     from keras.src.models.functional import Functional
 
     return type(layer) in (keras.Sequential, Functional)
+
+
+def fitting_on_jax(model):
+    """Whether `model.fit` is running on the JAX backend (in a callback).
+
+    Keras's JAX trainer holds the training state in `model._jax_state`
+    between the steps of a `fit`, with the optimizer built for the trainable
+    variables the fit began with.
+
+    Args:
+        model: A Keras model or layer.
+
+    Returns:
+        A boolean.
+    """
+    return (
+        keras.backend.backend() == "jax"
+        and getattr(model, "_jax_state", None) is not None
+    )

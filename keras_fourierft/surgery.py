@@ -636,6 +636,7 @@ def merge_fourierft(target, safe_merge=True):
 
     >>> keras_fourierft.merge_fourierft(model)
     """
+    _refuse_in_jax_fit(target, "merge")
     layers = _adapted(target)
     for path, layer in layers:
         if layer.quantization_mode is not None:
@@ -651,6 +652,17 @@ def merge_fourierft(target, safe_merge=True):
                 "adapters on before merging."
             )
     _merge_all([layer for _, layer in layers], safe_merge)
+
+
+def _refuse_in_jax_fit(target, verb):
+    if keras_internals.fitting_on_jax(target):
+        raise ValueError(
+            f"Cannot {verb} the adapters of {target.name!r} during `fit` on JAX: "
+            "merging changes which variables train, and Keras's JAX trainer "
+            "keeps the optimizer of the variables the fit began with. "
+            f"{verb.capitalize()} before or after `fit`; "
+            "`set_fourierft_enabled` works between batches."
+        )
 
 
 def _merge_all(layers, safe_merge):
@@ -677,6 +689,7 @@ def unmerge_fourierft(target):
 
     >>> keras_fourierft.unmerge_fourierft(model)
     """
+    _refuse_in_jax_fit(target, "unmerge")
     for path, layer in _adapted(target):
         if layer.merged:
             try:

@@ -14,6 +14,7 @@ import pytest
 from keras import ops
 from keras.src import testing
 
+import keras_fourierft
 from keras_fourierft import layers as fourier_layers_module
 from keras_fourierft.config import FourierFTConfig
 
@@ -158,6 +159,38 @@ class StateChangesFromCallbacksTest(testing.TestCase):
         self.assertFalse(layer.merged)
         self.assertLen(seen, 2)
         self.assertAllClose(seen[0], seen[1], atol=1e-5)
+
+    def test_model_level_functions_from_callbacks(self):
+        seen = []
+
+        class Change(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.epoch = epoch
+
+            def on_train_batch_end(self, batch, logs=None):
+                # On and off between batches, on again at an epoch's end
+                # (4 batches), except in epoch 1, when the adapters are merged.
+                if self.epoch != 1:
+                    keras_fourierft.set_fourierft_enabled(self.model, batch % 2 == 1)
+
+            def on_epoch_end(self, epoch, logs=None):
+                if epoch == 0:
+                    keras_fourierft.merge_fourierft(self.model)
+                    x = np.ones((2, 6), "float32")
+                    seen.append((self.model.predict_on_batch(x), _eager(self.model, x)))
+                elif epoch == 1:
+                    keras_fourierft.unmerge_fourierft(self.model)
+
+        if keras.backend.backend() == "jax":
+            # Merging changes which variables train, which Keras's JAX
+            # trainer cannot follow inside `fit`: a clear refusal, no change.
+            with self.assertRaisesRegex(ValueError, "during `fit` on JAX"):
+                self._fit(Change())
+            return
+        layer = self._fit(Change())
+        self.assertFalse(layer.merged)
+        self.assertLen(seen, 1)
+        self.assertAllClose(seen[0][0], seen[0][1], atol=1e-5)
 
 
 def _causal_lm(family):
