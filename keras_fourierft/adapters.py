@@ -60,6 +60,11 @@ def save_fourierft_weights(model, filepath, include_trainable_weights=False):
         return
     spectra = [_host_spectrum(layer) for _, layer in layers]
     values = [(path, host_value(variable)) for path, variable in extra]
+    _check_finite_to_save(
+        filepath,
+        [p for p, _ in layers] + [p for p, _ in extra],
+        spectra + [value for _, value in values],
+    )
 
     def write(temporary):
         with h5py.File(temporary, "w") as file:
@@ -164,6 +169,22 @@ def _other_trainable(model):
         for path, variable in owned_variables(model)
         if variable.trainable and id(variable) not in coefficients
     ]
+
+
+class NonFiniteWeightsError(ValueError):
+    """Weights to save hold NaN or infinity; nothing was written."""
+
+
+def _check_finite_to_save(filepath, paths, values):
+    for path, value in zip(paths, values, strict=True):
+        value = np.asarray(value)
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise NonFiniteWeightsError(
+                f"Not saving {filepath!r}: {path!r} holds NaN or infinity (the "
+                "training diverged), and such an adapter would turn every "
+                "output into NaN. Nothing was written; a previous file there "
+                "is unchanged."
+            )
 
 
 def _host_spectrum(layer):

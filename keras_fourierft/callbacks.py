@@ -2,10 +2,12 @@
 
 import os
 import string
+import warnings
 
 import keras
 
 from keras_fourierft import keras_internals
+from keras_fourierft.adapters import NonFiniteWeightsError
 from keras_fourierft.adapters import save_fourierft_weights
 
 
@@ -102,11 +104,16 @@ class FourierFTCheckpoint(keras.callbacks.ModelCheckpoint):
         folder = os.path.dirname(filepath)
         if folder:
             os.makedirs(folder, exist_ok=True)
-        save_fourierft_weights(
-            self.model,
-            filepath,
-            include_trainable_weights=self.include_trainable_weights,
-        )
+        try:
+            save_fourierft_weights(
+                self.model,
+                filepath,
+                include_trainable_weights=self.include_trainable_weights,
+            )
+        except NonFiniteWeightsError as error:
+            # A diverged step must not replace the last good adapter.
+            warnings.warn(str(error), stacklevel=2)
+            return
         self.last_saved = filepath
         if self.verbose > 0:
             print(f"\nEpoch {epoch + 1}: FourierFT adapter saved to {filepath}")

@@ -155,7 +155,7 @@ def read_peft_adapter(path):
                 f"{module!r} stores a spectrum of shape {shape}, the config "
                 f"gives n_frequency={n_frequency(module)}."
             )
-        if dtype[0] not in "fb":
+        if dtype not in ("float16", "bfloat16", "float32", "float64"):
             raise ValueError(
                 f"{weights_path!r} stores the spectrum of module {module!r} as "
                 f"{dtype} values, not floating point."

@@ -740,16 +740,21 @@ def _reset_compiled_functions(model):
 
     Needed when layers change class (adapting, unloading): a traced function
     holds the old call. On/off and merge state need no reset, the layers
-    read it at run time.
+    read it at run time. The models inside the target (a task model's
+    backbone) compiled their own functions with the same layers.
     """
-    for name in (
-        "train_function",
-        "test_function",
-        "predict_function",
-        "generate_function",
-    ):
-        if getattr(model, name, None) is not None:
-            setattr(model, name, None)
+    inner = [
+        layer for _, layer in _walk_layers(model) if isinstance(layer, keras.Model)
+    ]
+    for owner in [model] + inner:
+        for name in (
+            "train_function",
+            "test_function",
+            "predict_function",
+            "generate_function",
+        ):
+            if getattr(owner, name, None) is not None:
+                setattr(owner, name, None)
 
 
 def _owned_variables(model):

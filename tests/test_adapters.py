@@ -743,3 +743,18 @@ def test_a_directory_is_not_reported_missing(tmp_path):
         load_fourierft_weights(_adapted_functional(), folder)
     assert "No adapter file" not in str(info.value)
     assert str(folder) in str(info.value)
+
+
+def test_saving_non_finite_coefficients_refuses_and_keeps_the_file(tmp_path):
+    model = models.bert_classifier()
+    enable_fourierft(model, n_frequency=8)
+    path = str(tmp_path / "adapter.weights.h5")
+    save_fourierft_weights(model, path)
+    before = open(path, "rb").read()
+    layer = fourier_layers(model)[1][1]
+    values = np.array(layer.coefficients.numpy())
+    values[3] = np.inf
+    layer.coefficients.assign(values)
+    with pytest.raises(ValueError, match="NaN or infinity.*unchanged"):
+        save_fourierft_weights(model, path)
+    assert open(path, "rb").read() == before

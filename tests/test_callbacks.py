@@ -187,3 +187,35 @@ def test_bad_save_freq_and_mode(save_freq):
         FourierFTCheckpoint("a.weights.h5", save_freq=save_freq)
     with pytest.raises(ValueError, match="mode"):
         FourierFTCheckpoint("a.weights.h5", mode="up")
+
+
+def test_a_diverged_step_keeps_the_last_good_file(tmp_path):
+    model, x, y = _setup()
+    path = str(tmp_path / "adapter.weights.h5")
+
+    class Diverge(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                layer = fourier_layers(self.model)[0][1]
+                values = np.array(layer.coefficients.numpy())
+                values[0] = np.nan
+                layer.coefficients.assign(values)
+
+    with pytest.warns(UserWarning, match="NaN or infinity.*unchanged"):
+        model.fit(
+            x,
+            y,
+            epochs=2,
+            verbose=0,
+            callbacks=[Diverge(), FourierFTCheckpoint(path, verbose=0)],
+        )
+    # The file of epoch 1 is still there, and loads.
+    fresh, _, _ = _setup()
+    load_fourierft_weights(fresh, path)
+    assert (
+        all(
+            np.isfinite(layer.coefficients.numpy()).all()
+            for _, layer in fourier_layers(fresh)
+        )
+        and len(fourier_layers(fresh)) == 4
+    )

@@ -740,3 +740,15 @@ def test_spectrum_larger_than_its_layer_is_refused(tmp_path):
         load_peft_adapter(model, folder)
     assert_same_weights(before, snapshot(model))
     assert not fourier_layers(model)
+
+
+@pytest.mark.parametrize("dtype", ["bool", "int32", "uint8"])
+def test_spectra_that_are_not_floating_point_are_refused(tmp_path, dtype):
+    folder = _small_peft_adapter(tmp_path)
+    tensors = safetensors.numpy.load_file(folder / "adapter_model.safetensors")
+    edited = {key: (value > 0).astype(dtype) for key, value in tensors.items()}
+    safetensors.numpy.save_file(edited, folder / "adapter_model.safetensors")
+    model = _fresh_bert()
+    with pytest.raises(ValueError, match="not floating point"):
+        load_peft_adapter(model, folder)
+    assert not fourier_layers(model)

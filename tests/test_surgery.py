@@ -522,3 +522,15 @@ def test_user_given_names_that_look_generated_are_kept():
     )
     assert [layer.path for layer in summary.layers] == ["dense_1"]
     assert [layer.name for _, layer in fourier_layers(model)] == ["dense_1"]
+
+
+def test_enabling_a_task_model_drops_its_backbones_compiled_functions():
+    classifier = models.bert_classifier()
+    backbone = classifier.backbone
+    x = models.bert_inputs()
+    before = backbone.predict(x, verbose=0)["sequence_output"]
+    enable_fourierft(classifier, n_frequency=30, coefficient_initializer="normal")
+    after = backbone.predict(x, verbose=0)["sequence_output"]
+    eager = keras.ops.convert_to_numpy(backbone(x)["sequence_output"])
+    assert not np.allclose(before, eager, atol=1e-4)
+    np.testing.assert_allclose(after, eager, atol=1e-5)
