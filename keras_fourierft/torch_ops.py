@@ -30,9 +30,10 @@ def delta_from_plan(spectrum, plan, shape, scaling):
     rows, columns = int(shape[0]), int(shape[1])
     half = columns // 2 + 1
     values = ops.convert_to_tensor(spectrum, "float32")
+    tensors = _on_device(plan, values.device)
     device = values.device
-    source = torch.as_tensor(plan["source"], device=device)
-    target = torch.as_tensor(plan["target"], device=device).reshape(-1)
+    source = tensors["source"]
+    target = tensors["target"].reshape(-1)
     entries = values.index_select(0, source) * 0.5
     grid = torch.zeros(half * rows, dtype=torch.float32, device=device)
     grid = grid.index_add(0, target, entries).reshape(half, rows)
@@ -54,11 +55,28 @@ def spectral_matmul(inputs, spectrum, plan, shape, scaling):
     """
     x = ops.convert_to_tensor(inputs).float()
     values = ops.convert_to_tensor(spectrum, "float32")
-    device = x.device
-    tensors = {
-        key: torch.as_tensor(value, device=device) for key, value in plan.items()
-    }
+    tensors = _on_device(plan, x.device)
     return _SpectralMatmul.apply(x, values, tensors, tuple(shape), float(scaling))
+
+
+def _on_device(plan, device):
+    """The plan's arrays as tensors on `device`, copied from the host once.
+
+    A plan (numpy arrays, shared with the traced backends) keeps its torch
+    copies per device, so an eager call does not copy it again; tensors on
+    the `meta` device of symbolic shape inference are not kept.
+    """
+    key = ("torch", str(device))
+    tensors = plan.get(key)
+    if tensors is None:
+        arrays = {name: value for name, value in plan.items() if isinstance(name, str)}
+        tensors = {
+            name: torch.as_tensor(value, device=device)
+            for name, value in arrays.items()
+        }
+        if device.type != "meta":
+            plan[key] = tensors
+    return tensors
 
 
 def _gather_conjugate(spectrum, plan, prefix):
