@@ -1,5 +1,7 @@
-"""Helpers for the tests: gradients, weight snapshots, child processes."""
+"""Helpers for the tests: gradients, weight snapshots, child processes, PEFT fixtures."""
 
+import functools
+import json
 import signal
 import subprocess
 import sys
@@ -73,3 +75,18 @@ def kill(child):
     child.send_signal(signal.SIGKILL)
     child.wait(timeout=30)
     child.stdout.close()
+
+
+PEFT_FIXTURES = Path(__file__).parent / "fixtures" / "peft"
+
+
+@functools.cache
+def peft_layers():
+    """The arrays PEFT computed for the layer cases (fixtures/peft)."""
+    return dict(np.load(PEFT_FIXTURES / "layers.npz"))
+
+
+@functools.cache
+def peft_cases():
+    """The layer cases of fixtures/peft: shapes, seeds and scalings."""
+    return json.loads((PEFT_FIXTURES / "README.json").read_text())["layer_cases"]

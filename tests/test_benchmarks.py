@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import keras
+from keras.src import testing
 
 BENCHMARKS = pathlib.Path(__file__).parents[1] / "benchmarks"
 
@@ -25,44 +26,53 @@ def _run(script, *args, output):
     return json.loads(output.read_text())
 
 
-def test_train_step_reports_ratios(tmp_path):
-    data = _run(
-        "train_step.py",
-        "--quick",
-        "--no-memory",
-        "--methods",
-        "lora",
-        "fourierft",
-        "--batch",
-        "2",
-        "--sequence-length",
-        "8",
-        output=tmp_path / "train.json",
-    )
-    assert data["backend"] == keras.backend.backend()
-    assert data["results"]["fourierft"]["trainable_params"] == 12 * 1000 + 770
-    assert data["fourierft_over_lora"] > 0
-    paired = data["fourierft_over_lora_paired"]
-    assert paired["q1"] <= paired["median"] <= paired["q3"]
+class BenchmarkScriptTest(testing.TestCase):
+    def test_train_step_reports_ratios(self):
+        tmp_path = pathlib.Path(self.get_temp_dir())
+        data = _run(
+            "train_step.py",
+            "--quick",
+            "--no-memory",
+            "--methods",
+            "lora",
+            "fourierft",
+            "--batch",
+            "2",
+            "--sequence-length",
+            "8",
+            output=tmp_path / "train.json",
+        )
+        self.assertEqual(data["backend"], keras.backend.backend())
+        self.assertEqual(
+            data["results"]["fourierft"]["trainable_params"], 12 * 1000 + 770
+        )
+        self.assertGreater(data["fourierft_over_lora"], 0)
+        paired = data["fourierft_over_lora_paired"]
+        self.assertLessEqual(paired["q1"], paired["median"])
+        self.assertLessEqual(paired["median"], paired["q3"])
 
-
-def test_adapter_layer_reports_ratios(tmp_path):
-    data = _run(
-        "adapter_layer.py",
-        "--quick",
-        "--shapes",
-        "minilm",
-        output=tmp_path / "layer.json",
-    )
-    (case,) = data["cases"]
-    assert case["in_features"] == case["out_features"] == 384
-    assert case["tokens"] == 32 * 64
-    assert set(case["median_ms"]) == {
-        "frozen",
-        "lora",
-        "fourierft",
-        "fourierft_dense",
-        "fourierft_activation",
-    }
-    assert case["fourierft_over_lora"] > 0
-    assert case["auto_over_best_path"] > 0
+    def test_adapter_layer_reports_ratios(self):
+        tmp_path = pathlib.Path(self.get_temp_dir())
+        data = _run(
+            "adapter_layer.py",
+            "--quick",
+            "--shapes",
+            "minilm",
+            output=tmp_path / "layer.json",
+        )
+        (case,) = data["cases"]
+        self.assertEqual(case["in_features"], case["out_features"])
+        self.assertEqual(case["out_features"], 384)
+        self.assertEqual(case["tokens"], 32 * 64)
+        self.assertEqual(
+            set(case["median_ms"]),
+            {
+                "frozen",
+                "lora",
+                "fourierft",
+                "fourierft_dense",
+                "fourierft_activation",
+            },
+        )
+        self.assertGreater(case["fourierft_over_lora"], 0)
+        self.assertGreater(case["auto_over_best_path"], 0)

@@ -1,7 +1,10 @@
 import errno
 import os
+import pathlib
+from unittest import mock
 
 import pytest
+from keras.src import testing
 
 from keras_fourierft import files
 from keras_fourierft import save_fourierft_weights
@@ -14,37 +17,38 @@ def _assert_names_the_target(info, target):
     assert ".tmp" not in message
 
 
-def test_saving_onto_a_folder_names_the_target(tmp_path):
-    target = tmp_path / "adapter.weights.h5"
-    target.mkdir()
-    with pytest.raises(IsADirectoryError) as info:
-        save_fourierft_weights(_adapted_functional(), target)
-    _assert_names_the_target(info, target)
-    assert os.listdir(tmp_path) == ["adapter.weights.h5"]
+class AtomicSaveErrorTest(testing.TestCase):
+    def test_saving_onto_a_folder_names_the_target(self):
+        tmp_path = pathlib.Path(self.get_temp_dir())
+        target = tmp_path / "adapter.weights.h5"
+        target.mkdir()
+        with pytest.raises(IsADirectoryError) as info:
+            save_fourierft_weights(_adapted_functional(), target)
+        _assert_names_the_target(info, target)
+        self.assertEqual(os.listdir(tmp_path), ["adapter.weights.h5"])
 
+    def test_saving_into_a_missing_folder_names_the_target(self):
+        tmp_path = pathlib.Path(self.get_temp_dir())
+        target = tmp_path / "missing" / "adapter.weights.h5"
+        with pytest.raises(FileNotFoundError, match="folder") as info:
+            save_fourierft_weights(_adapted_functional(), target)
+        _assert_names_the_target(info, target)
 
-def test_saving_into_a_missing_folder_names_the_target(tmp_path):
-    target = tmp_path / "missing" / "adapter.weights.h5"
-    with pytest.raises(FileNotFoundError, match="folder") as info:
-        save_fourierft_weights(_adapted_functional(), target)
-    _assert_names_the_target(info, target)
+    def test_read_only_folder_says_the_save_needs_a_writable_folder(self):
+        tmp_path = pathlib.Path(self.get_temp_dir())
+        # A folder where files may be replaced but not created (a root process
+        # may write anywhere, so the refusal is simulated).
+        target = tmp_path / "adapter.weights.h5"
+        target.write_bytes(b"previous")
+        real_open = os.open
 
+        def refuse_new_files(path, flags, *args):
+            if flags & os.O_CREAT:
+                raise PermissionError(errno.EACCES, "Permission denied", path)
+            return real_open(path, flags, *args)
 
-def test_read_only_folder_says_the_save_needs_a_writable_folder(tmp_path, monkeypatch):
-    # A folder where files may be replaced but not created (a root process
-    # may write anywhere, so the refusal is simulated).
-    target = tmp_path / "adapter.weights.h5"
-    target.write_bytes(b"previous")
-    real_open = os.open
-
-    def refuse_new_files(path, flags, *args):
-        if flags & os.O_CREAT:
-            raise PermissionError(errno.EACCES, "Permission denied", path)
-        return real_open(path, flags, *args)
-
-    monkeypatch.setattr(files.os, "open", refuse_new_files)
-    with pytest.raises(PermissionError, match="writable folder") as info:
-        save_fourierft_weights(_adapted_functional(), target)
-    _assert_names_the_target(info, target)
-    monkeypatch.undo()
-    assert target.read_bytes() == b"previous"
+        with mock.patch.object(files.os, "open", refuse_new_files):
+            with pytest.raises(PermissionError, match="writable folder") as info:
+                save_fourierft_weights(_adapted_functional(), target)
+            _assert_names_the_target(info, target)
+        self.assertEqual(target.read_bytes(), b"previous")
