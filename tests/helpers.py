@@ -1,4 +1,4 @@
-"""Helpers for the tests: gradients, weight snapshots, child processes, PEFT fixtures."""
+"""Test helpers: gradients, weight snapshots, child processes, PEFT fixtures."""
 
 import functools
 import json
