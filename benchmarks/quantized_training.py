@@ -28,6 +28,7 @@ from common import select_backend  # noqa: E402
 select_backend(sys.argv)
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import unittest.mock  # noqa: E402
 
 import keras  # noqa: E402
@@ -54,12 +55,11 @@ def adapted(folder, base):
     causal_lm = smollm2.load_causal_lm(folder, instruct_llm.SEQUENCE_LENGTH)
     if base != "float":
         causal_lm.backbone.quantize("int8")
-    keep = keras_internals.give_logits_an_input_gradient
-    patch = unittest.mock.patch.object(
-        keras_internals,
-        "give_logits_an_input_gradient",
-        (lambda layer: None) if base == "int8_keras_gradient" else keep,
-    )
+    patch = contextlib.nullcontext()
+    if base == "int8_keras_gradient":
+        patch = unittest.mock.patch.object(
+            keras_internals, "give_logits_an_input_gradient", lambda layer: None
+        )
     with patch:
         keras_fourierft.enable_fourierft(
             causal_lm.backbone,
@@ -86,17 +86,21 @@ def first_gradient(trainer, x, y, weights):
     return -np.concatenate([np.ravel(value) for value in stepped])
 
 
-def curve(trainer, data, steps, batch_size, learning_rate):
+def rows(data, part):
+    """The `(x, y, sample_weight)` rows `part` of the training arrays."""
     x, y, weights = data
+    return {key: value[part] for key, value in x.items()}, y[part], weights[part]
+
+
+def curve(trainer, data, steps, batch_size, learning_rate):
     trainer.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     losses = []
     for step in range(steps):
-        part = slice(step * batch_size, (step + 1) * batch_size)
-        inputs = {key: value[part] for key, value in x.items()}
-        loss = trainer.train_on_batch(inputs, y[part], sample_weight=weights[part])
+        x, y, weights = rows(data, slice(step * batch_size, (step + 1) * batch_size))
+        loss = trainer.train_on_batch(x, y, sample_weight=weights)
         losses.append(float(np.asarray(loss).ravel()[0]))
         print(f"  step {step + 1}/{steps}: loss {losses[-1]:.4f}", flush=True)
     return losses
@@ -116,10 +120,9 @@ def main():
         args.steps, args.batch_size = 3, 4
     folder = smollm2.convert_cached(args.model_dir)
     results, gradients = {}, {}
-    tokenizer = smollm2.load_causal_lm(folder, 8).preprocessor.tokenizer
+    tokenizer = keras_hub.models.Llama3Tokenizer.from_preset(str(folder))
     data = batches(tokenizer, args.steps, args.batch_size)
-    first = tuple(part[: args.batch_size] for part in data[1:])
-    first = ({key: value[: args.batch_size] for key, value in data[0].items()},) + first
+    first = rows(data, slice(0, args.batch_size))
     for base in BASES:
         print(f"{base} base:", flush=True)
         keras.utils.set_random_seed(0)
