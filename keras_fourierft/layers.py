@@ -376,10 +376,33 @@ class _ComputePaths:
 
     def call(self, inputs, training=None):
         base = super().call
+        if 0 not in tuple(inputs.shape) and self._compute_mode(inputs) == "dense":
+            return self._finish(self._linear(inputs, self._gated_kernel()))
         return self._gated(
             inputs,
             lambda: base(inputs, training=training),
             lambda mode, plan: self._adapted_call(inputs, mode, plan),
+        )
+
+    def _gated_kernel(self):
+        """The kernel the dense path multiplies by: `W + delta_W` when on.
+
+        The gate selects the kernel rather than the whole call, so inside a
+        compiled loop (JAX's `generate`) the selection and `delta_W` depend
+        on loop-invariant values only and XLA computes them once per loop.
+        """
+        kernel = self.kernel
+
+        def adapted():
+            work = _work_dtype(kernel.dtype)
+            delta = self._shaped(self._delta_2d(self._fourierft.plan("dense")))
+            summed = ops.add(ops.cast(kernel, work), ops.cast(delta, work))
+            return ops.cast(summed, self.compute_dtype)
+
+        return ops.cond(
+            self._fourierft.gate.value,
+            adapted,
+            lambda: ops.cast(kernel, self.compute_dtype),
         )
 
     def quantized_call(self, inputs, training=None):
@@ -393,21 +416,12 @@ class _ComputePaths:
         )
 
     def _adapted_call(self, inputs, mode, plan):
-        if mode == "dense":
-            kernel = self.kernel
-            work = _work_dtype(kernel.dtype)
-            delta = self._delta_2d(plan)
-            kernel = ops.add(
-                ops.cast(kernel, work), ops.cast(self._shaped(delta), work)
-            )
-            x = self._linear(inputs, ops.cast(kernel, self.compute_dtype))
-        else:
-            rows, restore = self._rows(inputs)
-            update = self._adapter_rows(rows, mode, plan)
-            x = ops.add(
-                self._linear(inputs, self.kernel),
-                restore(ops.cast(update, self.compute_dtype)),
-            )
+        rows, restore = self._rows(inputs)
+        update = self._adapter_rows(rows, mode, plan)
+        x = ops.add(
+            self._linear(inputs, self.kernel),
+            restore(ops.cast(update, self.compute_dtype)),
+        )
         return self._finish(x)
 
     def _adapted_quantized_call(self, base, inputs, training, mode, plan):
@@ -433,16 +447,15 @@ class _ComputePaths:
     def _compute_mode(self, inputs):
         if self.compute_path != "auto":
             return self.compute_path
-        tokens = 1
-        for axis in self._token_axes(len(inputs.shape)):
-            size = inputs.shape[axis]
-            if size is None:
-                tokens = None
-                break
-            tokens *= int(size)
+        sizes = [inputs.shape[axis] for axis in self._token_axes(len(inputs.shape))]
+        tokens = None if None in sizes else int(np.prod(sizes, dtype="int64"))
         view = self._fourierft.view
         return spectral.choose_compute(
-            tokens, view["in_features"], view["out_features"], self.n_frequency
+            tokens,
+            view["in_features"],
+            view["out_features"],
+            self.n_frequency,
+            in_compiled_loop=_is_decode_step(sizes),
         )
 
     def _adapter_rows(self, rows, mode, plan):
@@ -915,6 +928,18 @@ class _FourierFTMixin(_ComputePaths, _MergeState, keras_internals.CountsOwnVaria
         config = super().get_config()
         config.update(self.fourierft_config.to_dict())
         return config
+
+
+def _is_decode_step(token_sizes):
+    """Whether a call is one step of JAX's compiled cached decoding.
+
+    KerasHub's causal LMs decode one token per sequence inside a compiled
+    loop; on JAX the whole `generate` is one XLA program, which computes the
+    loop-invariant `delta_W` once, before the loop.
+    """
+    if keras.backend.backend() != "jax" or len(token_sizes) < 2:
+        return False
+    return all(size == 1 for size in token_sizes[1:])
 
 
 def _work_dtype(dtype):

@@ -611,7 +611,13 @@ def device_kind(backend=None):
 
 
 def choose_compute(
-    tokens, in_features, out_features, n_frequency, backend=None, device=None
+    tokens,
+    in_features,
+    out_features,
+    n_frequency,
+    backend=None,
+    device=None,
+    in_compiled_loop=False,
 ):
     """Picks `"dense"` or `"activation"` for a layer call from static shapes.
 
@@ -626,6 +632,11 @@ def choose_compute(
             GPU, selects the cost constants).
         device: `"cpu"` or `"gpu"` to select the cost constants directly,
             default the backend's device.
+        in_compiled_loop: Boolean, the call is one step of a loop compiled
+            as one program that computes loop-invariant values once (JAX's
+            cached decoding in `generate`): `delta_W` is then built once per
+            loop, so the dense path costs what the merged layer costs and is
+            chosen.
 
     Returns:
         `"dense"` or `"activation"`.
@@ -636,6 +647,8 @@ def choose_compute(
     'activation'
     """
     device = device or device_kind(backend)
+    if in_compiled_loop:
+        return "dense"
     if device not in _COSTS:
         raise ValueError(f"device={device!r}, expected one of {sorted(_COSTS)}.")
     costs = _COSTS[device]

@@ -631,6 +631,41 @@ class PrecisionTest(testing.TestCase):
         self.assertFalse(np.allclose(ops.convert_to_numpy(hidden.coefficients), before))
 
     @parameterized.named_parameters(
+        named_product(policy=["bfloat16", "mixed_bfloat16"], compute=COMPUTE)
+    )
+    def test_bfloat16_merge_rounds_the_float32_sum_once(self, policy, compute):
+        layer = _dense(64, 48, dtype=policy)
+        _adapt(layer, n_frequency=30, scaling=150.0, seed=2, compute_path=compute)
+        rng = np.random.default_rng(3)
+        # A small update next to the kernel, as a trained adapter is.
+        spectrum = 0.2 * rng.normal(size=30)
+        layer.set_spectrum(spectrum)
+        kernel = np.asarray(ops.convert_to_numpy(ops.cast(layer.kernel, "float32")))
+        locations = frequency_locations(64, 48, 30, seed=2)
+        delta = _numpy_delta(spectrum, locations, 48, 64, 150.0)
+        x = rng.normal(size=(4, 1, 48)).astype("float32")
+        x_compute = ops.convert_to_numpy(
+            ops.cast(ops.cast(x, layer.compute_dtype), "float32")
+        ).astype("float64")
+        bias = ops.convert_to_numpy(ops.cast(layer.bias, "float32"))
+        reference = x_compute @ (kernel + delta) + bias
+        unmerged = ops.convert_to_numpy(ops.cast(layer(x), "float32"))
+        layer.merge()
+        merged_kernel = ops.convert_to_numpy(layer.kernel)
+        # One rounding of the float32 sum into the variable's dtype.
+        delta_float32 = ops.convert_to_numpy(layer.delta_weight())
+        self.assertAllClose(delta_float32, delta, atol=1e-6, rtol=1e-6)
+        expected_kernel = (kernel + delta_float32).astype(merged_kernel.dtype)
+        np.testing.assert_array_equal(merged_kernel, expected_kernel)
+        merged = ops.convert_to_numpy(ops.cast(layer(x), "float32"))
+        scale = np.abs(reference).max()
+        # Both stay at bfloat16's output precision (8 significant bits).
+        self.assertLess(np.abs(unmerged - reference).max() / scale, 2**-7)
+        self.assertLess(np.abs(merged - reference).max() / scale, 2**-7)
+        # The update is far above that precision: a lost update would show.
+        self.assertGreater(np.abs(x_compute @ delta).max() / scale, 2**-5)
+
+    @parameterized.named_parameters(
         named_product(
             mode=["int8", "int4", "float8"], order=["quantize_first", "adapt_first"]
         )

@@ -333,6 +333,16 @@ class ChooseComputeTest(testing.TestCase):
             )
             self.assertEqual(picked, faster, msg=(case["shape"], dense, activation))
 
+    def test_choose_compute_builds_delta_w_once_in_a_compiled_loop(self):
+        # One token against a large layer: per call, activation is cheaper.
+        self.assertEqual(
+            choose_compute(1, 4096, 4096, 1000, device="cpu"), "activation"
+        )
+        picked = choose_compute(
+            1, 4096, 4096, 1000, device="cpu", in_compiled_loop=True
+        )
+        self.assertEqual(picked, "dense")
+
     def test_choose_compute_rejects_an_unknown_device(self):
         with pytest.raises(ValueError, match="device='tpu'"):
             choose_compute(512, 64, 64, 10, device="tpu")
