@@ -2,13 +2,15 @@
 
 A PEFT adapter folder holds one `fourierft_spectrum` per torch module; the
 locations come from `random_loc_seed`, drawn here exactly as in PEFT, so an
-adapter moves between the two by renaming modules (`BERT_LAYER_MAP` or a
-`layer_map`).
+adapter moves between the two by renaming modules: by the table of the
+model's family (`peft_names`: BERT/RoBERTa, Llama/Mistral/Qwen2, Gemma, GPT-2)
+or by a `layer_map`.
 """
 
 import os
 import re
 
+from keras_fourierft import peft_names
 from keras_fourierft import reading
 from keras_fourierft.adapters import _apply_adapter
 from keras_fourierft.adapters import _host_spectrum
@@ -22,35 +24,22 @@ from keras_fourierft.files import PEFT_CONFIG_NAME
 from keras_fourierft.files import PEFT_WEIGHTS_NAME
 from keras_fourierft.files import check_peft_pair
 from keras_fourierft.files import write_peft_folder
+from keras_fourierft.peft_names import BERT_LAYER_MAP  # noqa: F401
 from keras_fourierft.surgery import walk_layers
 
 FILE_NAMES = (PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME)
 _KEY_PREFIX = "base_model.model."
 _KEY_SUFFIX = ".fourierft_spectrum"
-_NUMBER = r"\d+"
-
-# transformers' BERT/RoBERTa module paths and the KerasHub layer paths they
-# correspond to; `{i}` is a block index, `{name:a|b}` one of the names listed.
-# fmt: off
-BERT_LAYER_MAP = (
-    ("encoder.layer.{i}.attention.self.{name:query|key|value}",
-     "transformer_layer_{i}/self_attention_layer/{name:query|key|value}"),
-    ("encoder.layer.{i}.attention.output.dense",
-     "transformer_layer_{i}/self_attention_layer/attention_output"),
-    ("encoder.layer.{i}.intermediate.dense",
-     "transformer_layer_{i}/feedforward_intermediate_dense"),
-    ("encoder.layer.{i}.output.dense",
-     "transformer_layer_{i}/feedforward_output_dense"),
-    ("pooler.dense", "pooled_dense"),
-)
-# fmt: on
 
 
 def load_peft_adapter(model, path, layer_map=None, spectra_only=False):
     """Loads a Hugging Face PEFT FourierFT adapter into a Keras model.
 
-    The adapter's modules are mapped to the model's layers (transformers'
-    BERT names to KerasHub's by default). Everything is checked before any
+    The adapter's modules are mapped to the model's layers: transformers'
+    names to KerasHub's for the family of the model's backbone (BERT and
+    RoBERTa; Llama, Mistral and Qwen2; Gemma; GPT-2, whose fused `c_attn`
+    is refused: its spectrum spans query, key and value at once), or by
+    `layer_map`. Everything is checked before any
     weight changes (the files, one `Dense`/`EinsumDense` layer per module,
     each module's `n_frequency`, an adapted model's layers and settings); on
     a mismatch a `ValueError` says what differs and the model is left as it
@@ -63,7 +52,9 @@ def load_peft_adapter(model, path, layer_map=None, spectra_only=False):
         path: The adapter folder (as written by PEFT's `save_pretrained`).
         layer_map: Optional dict from PEFT module path (e.g.
             `"encoder.layer.0.attention.self.query"`) to the model's layer
-            path (as `walk_layers` lists it); `None` uses `BERT_LAYER_MAP`.
+            path (`/`-joined layer names; the end of a path is enough, e.g.
+            `"transformer_layer_0/self_attention/query"`); `None` uses the
+            model family's names. The same dict serves `save_peft_adapter`.
         spectra_only: If True, load only the FourierFT spectra of an adapter
             that also stores other weights (trained biases or
             `modules_to_save`, such as a task head), which cannot be mapped
@@ -87,15 +78,26 @@ def load_peft_adapter(model, path, layer_map=None, spectra_only=False):
         )
     config = adapter["config"]
     layers = dict(walk_layers(model))
-    targets = {}
+    family = _family(model, layers, layer_map)
+    targets, unknown = {}, []
     for module, spectrum in adapter["spectra"].items():
-        layer_path = _keras_path(module, layer_map, layers, model)
+        _check_not_fused(module, family)
+        if layer_map is not None:
+            wanted = layer_map.get(module)
+        else:
+            wanted = peft_names.rename(module, family.layer_map, ".")
+        if wanted is None:
+            unknown.append(module)
+            continue
+        layer_path = _keras_path(module, wanted, layers, model)
         if layer_path in targets:
             raise ValueError(
                 f"PEFT modules {targets[layer_path][0]!r} and {module!r} both "
                 f"map to layer {layer_path!r}. Pass a `layer_map`."
             )
         targets[layer_path] = (module, spectrum)
+    if unknown:
+        raise ValueError(_unknown_modules(path, unknown, family, layer_map, model))
     entries = [
         _entry(layer_path, layers[layer_path], *targets[layer_path], config)
         for layer_path in layers
@@ -173,14 +175,16 @@ def read_peft_adapter(path):
 
 
 def save_peft_adapter(
-    model, path, layer_map=None, module_prefix="", base_model_name_or_path=None
+    model, path, layer_map=None, module_prefix=None, base_model_name_or_path=None
 ):
     """Saves a model's FourierFT adapter as a Hugging Face PEFT adapter.
 
     Writes the folder `path` (created if needed) that PEFT's
     `PeftModel.from_pretrained` loads into the matching transformers model.
-    Layer paths become module paths by `BERT_LAYER_MAP` (or the inverse of
-    `layer_map`) after `module_prefix` (e.g. `"bert."`). A failure leaves a
+    Layer paths become module paths by the names of the model family (as
+    for `load_peft_adapter`) or the inverse of `layer_map`, after
+    `module_prefix`. Layers that transformers fuses into one module (GPT-2's
+    query, key and value in `c_attn`) are refused. A failure leaves a
     previous adapter as it was, and a folder half-renamed by a crash is
     refused on load. Only spectra are stored (PEFT's `bias="none"`): layers
     that train their bias, or two layers with one module name (e.g. two
@@ -193,7 +197,11 @@ def save_peft_adapter(
         path: The folder to write.
         layer_map: Optional dict from PEFT module path to layer path, as for
             `load_peft_adapter`.
-        module_prefix: String put before every module path.
+        module_prefix: String put before every module path; `None` puts
+            what transformers' causal LM of the family has (`"model."` for
+            Llama, Mistral, Qwen2 and Gemma, `"transformer."` for GPT-2,
+            nothing for BERT: pass `"bert."` for `BertFor...` task models),
+            or nothing with a `layer_map`.
         base_model_name_or_path: Optional string recorded in the config.
 
     Example:
@@ -204,11 +212,10 @@ def save_peft_adapter(
     """
     layers = _layers_to_save(model)
     _check_exportable(layers)
-    inverse = None if layer_map is None else {v: k for k, v in layer_map.items()}
-    flipped = [(keras, peft) for peft, keras in BERT_LAYER_MAP]
-    modules = [
-        module_prefix + _rename(p, inverse, flipped, "/", "layer") for p, _ in layers
-    ]
+    family = _family(model, dict(walk_layers(model)), layer_map)
+    if module_prefix is None:
+        module_prefix = family.module_prefix if layer_map is None else ""
+    modules = [module_prefix + _module(p, layer_map, family) for p, _ in layers]
     owners = {}
     for (layer_path, _), module in zip(layers, modules, strict=True):
         if owners.setdefault(module, layer_path) != layer_path:
@@ -238,7 +245,7 @@ def save_peft_adapter(
         },
         "init_weights": False,
         "bias": "none",
-        "fan_in_fan_out": False,
+        "fan_in_fan_out": family.fan_in_fan_out,
     }
     if not is_writing_process():
         return
@@ -382,8 +389,46 @@ def _entry(layer_path, layer, module, spectrum, config):
     )  # fmt: skip
 
 
-def _keras_path(module, layer_map, layers, model):
-    wanted = _rename(module, layer_map, BERT_LAYER_MAP, ".", "PEFT module")
+def _family(model, layers, layer_map):
+    try:
+        return peft_names.family_of([model, *layers.values()])
+    except ValueError:
+        if layer_map is None:
+            raise
+        return peft_names.BERT
+
+
+def _check_not_fused(module, family):
+    reason = peft_names.fused_module_reason(module, family)
+    if reason:
+        raise ValueError(
+            f"PEFT module {module!r} is {reason}. PEFT's FourierFT spectrum "
+            "spans the fused matrix, and its delta_W is not a FourierFT adapter "
+            "of each Keras layer, so it cannot be loaded as an adapter. Merge "
+            "it in transformers (`merge_and_unload()`) and convert the merged "
+            f"model, or train the adapter without {module.rsplit('.', 1)[-1]!r} "
+            "in `target_modules`."
+        )
+
+
+def _unknown_modules(path, unknown, family, layer_map, model):
+    listed = ", ".join(map(repr, unknown[:3])) + (", ..." if unknown[3:] else "")
+    if layer_map is not None:
+        return (
+            f"`layer_map` has no entry for PEFT module(s) {listed} of "
+            f"{os.fspath(path)!r} ({len(unknown)} in all)."
+        )
+    known = ", ".join(source for source, _ in family.layer_map)
+    return (
+        f"{len(unknown)} PEFT module(s) of {os.fspath(path)!r} have no known "
+        f"counterpart in model {model.name!r} (read as a {family.name} model, "
+        f"whose known modules end in {known}): {listed}. Pass `layer_map="
+        "{peft_module_path: layer_path}` with layer paths as `/`-joined layer "
+        "names, e.g. 'transformer_layer_0/self_attention/query'."
+    )
+
+
+def _keras_path(module, wanted, layers, model):
     found = [p for p in layers if p == wanted or p.endswith("/" + wanted)]
     if len(found) != 1:
         what = "no layer" if not found else f"several layers ({found})"
@@ -394,26 +439,37 @@ def _keras_path(module, layer_map, layers, model):
     return found[0]
 
 
-def _rename(path, layer_map, table, separator, kind):
-    """`path` by `layer_map`, else by the first `table` pair matching its end."""
+def _module(layer_path, layer_map, family):
+    """The PEFT module name (before any prefix) of an adapted layer."""
     if layer_map is not None:
-        if path not in layer_map:
-            raise ValueError(f"`layer_map` has no entry for {kind} {path!r}.")
-        return layer_map[path]
-    for source, target in table:
-        pattern, position = rf"(?:.*{re.escape(separator)})?", 0
-        for field in re.finditer(r"\{(\w+)(?::([^}]*))?\}", source):
-            pattern += re.escape(source[position : field.start()])
-            pattern += f"(?P<{field[1]}>{field[2] or _NUMBER})"
-            position = field.end()
-        match = re.fullmatch(pattern + re.escape(source[position:]), path)
-        if match:
-            return re.sub(r"\{(\w+)(?::[^}]*)?\}", lambda f, m=match: m[f[1]], target)
-    raise ValueError(
-        f"The {kind} {path!r} has no known counterpart. Pass `layer_map="
-        "{peft_module_path: layer_path}` (layer paths as "
-        "`keras_fourierft.walk_layers(model)` lists them)."
-    )
+        found = [
+            module
+            for module, wanted in layer_map.items()
+            if layer_path == wanted or layer_path.endswith("/" + wanted)
+        ]
+        if len(found) != 1:
+            what = "no entry" if not found else f"several entries ({found})"
+            raise ValueError(f"`layer_map` has {what} for layer {layer_path!r}.")
+        return found[0]
+    fused = peft_names.fused_layer_module(layer_path, family)
+    if fused is not None:
+        raise ValueError(
+            f"Layer {layer_path!r} is part of transformers' fused {fused!r} "
+            f"module in {family.name} models. PEFT adapts {fused!r} with one "
+            "FourierFT spectrum of the fused matrix, which separate adapters "
+            "of its Keras layers cannot be written as. For a PEFT export, "
+            "adapt the other projections only; `save_fourierft_weights` saves "
+            "any adapter."
+        )
+    flipped = [(keras, peft) for peft, keras in family.layer_map]
+    module = peft_names.rename(layer_path, flipped, "/")
+    if module is None:
+        raise ValueError(
+            f"Layer {layer_path!r} has no known PEFT module name in "
+            f"{family.name} models. Pass `layer_map={{peft_module_path: "
+            "layer_path}`."
+        )
+    return module
 
 
 def _check_exportable(layers):
