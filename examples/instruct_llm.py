@@ -306,18 +306,6 @@ def save_adapter(causal_lm, stage, folder):
     return {"adapter_file_bytes": path.stat().st_size}
 
 
-def llama_layer_map(num_layers):
-    """transformers' Llama module names -> KerasHub's layer paths."""
-    names = {"q_proj": "query", "v_proj": "value"}
-    return {
-        f"model.layers.{i}.self_attn.{peft}": (
-            f"transformer_layer_{i}/self_attention/{ours}"
-        )
-        for i in range(num_layers)
-        for peft, ours in names.items()
-    }
-
-
 def checks(causal_lm, args, check_pairs, folder):
     """The saved FourierFT adapter in a fresh model; merged; PEFT export."""
     output = pathlib.Path(args.output_dir)
@@ -335,7 +323,6 @@ def checks(causal_lm, args, check_pairs, folder):
     keras_fourierft.save_peft_adapter(
         backbone,
         peft_dir,
-        layer_map=llama_layer_map(backbone.num_layers),
         base_model_name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct",
     )
     return {

@@ -541,6 +541,13 @@ class _MergeState:
         the original kernel bit for bit. Merging twice is a no-op. A
         function compiled before sees the change.
 
+        The sum W + delta_W is formed in float32 and rounded once into the
+        kernel's dtype: a float32 kernel (as under `mixed_bfloat16`) holds it
+        exactly; a bfloat16 kernel (dtype policy `bfloat16`) holds it to 8
+        bits, like W itself, so merged and unmerged outputs differ by that
+        rounding (the unmerged paths round their bfloat16 outputs alike; no
+        path is more exact under bfloat16 compute).
+
         Args:
             safe_merge: If True (default), check the merged kernel for
                 NaN/Inf first and raise (leaving the layer unchanged) instead

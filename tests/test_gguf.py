@@ -271,3 +271,40 @@ def test_cached_folder_is_reused(converted):
     stamp = (converted / "model.safetensors").stat().st_mtime_ns
     assert smollm2.convert_cached(converted.parent) == converted
     assert (converted / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.large
+@pytest.mark.tensorflow_only
+def test_peft_adapter_from_transformers_loads_without_a_layer_map(converted, tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    import keras
+
+    import keras_fourierft
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(converted), dtype=torch.float32
+    ).eval()
+    config = peft.FourierFTConfig(
+        n_frequency=1000,
+        scaling=150.0,
+        random_loc_seed=11,
+        target_modules=["q_proj", "v_proj"],
+        init_weights=False,  # random spectra: an adapter that changes the logits
+    )
+    torch.manual_seed(0)
+    ids = np.array([[1, 504, 3458, 282, 4649, 314, 2114, 47]])
+    with torch.no_grad():
+        base = model(torch.tensor(ids)).logits.numpy()
+        adapted = peft.get_peft_model(model, config).eval()
+        expected = adapted(torch.tensor(ids)).logits.numpy()
+    adapted.save_pretrained(tmp_path)
+    backbone = smollm2.load_causal_lm(converted).backbone
+    keras_fourierft.load_peft_adapter(backbone, tmp_path)
+    assert len(keras_fourierft.fourierft_layers(backbone)) == 60
+    hidden = backbone({"token_ids": ids, "padding_mask": np.ones_like(ids)})
+    logits = keras.ops.convert_to_numpy(backbone.token_embedding(hidden, reverse=True))
+    gap, effect = np.abs(logits - expected).max(), np.abs(expected - base).max()
+    # float32 error of 30 layers (as plain: ~1e-4), the adapter's effect far more.
+    assert gap < 2e-3 and effect > 1.0, (gap, effect)

@@ -70,17 +70,6 @@ def test_too_long_an_example_is_refused_not_cut(example):
         example.training_arrays(_CharTokenizer(), [("two", "2")], 9, 0)
 
 
-def test_layer_map_names_transformers_llama_modules(example):
-    layer_map = example.llama_layer_map(30)
-    assert len(layer_map) == 60
-    assert layer_map["model.layers.0.self_attn.q_proj"] == (
-        "transformer_layer_0/self_attention/query"
-    )
-    assert layer_map["model.layers.29.self_attn.v_proj"] == (
-        "transformer_layer_29/self_attention/value"
-    )
-
-
 def test_output_folders_and_defaults(example):
     default = example.parse_args([])
     assert default.output_dir == "outputs/instruct_llm"
@@ -151,7 +140,11 @@ def test_quick_run_writes_its_table_and_checks(quick_run, example):
         assert f"stage {k}/4 done:" in result.stdout
     assert "fourierft: step 4/4, loss" in result.stdout
     config = json.loads((output / "peft_adapter" / "adapter_config.json").read_text())
-    assert sorted(config["target_modules"]) == sorted(example.llama_layer_map(30))
+    # transformers' Llama module names, from the model family alone.
+    expected = [
+        f"model.layers.{i}.self_attn.{name}_proj" for i in range(30) for name in "qv"
+    ]
+    assert sorted(config["target_modules"]) == sorted(expected)
 
 
 @pytest.mark.large
