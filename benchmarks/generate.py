@@ -92,6 +92,9 @@ def build(args, variant):
         )
     if variant == "merged":
         keras_fourierft.merge_fourierft(model)
+    # KerasHub's default sampler is top-k sampling; greedy makes the tokens
+    # of the variants comparable.
+    model.compile(sampler="greedy")
     return model
 
 
