@@ -25,10 +25,9 @@ from common import select_backend  # noqa: E402
 select_backend(sys.argv)
 
 import argparse  # noqa: E402
+import pathlib  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
-
-import pathlib  # noqa: E402
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
