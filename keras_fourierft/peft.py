@@ -81,7 +81,7 @@ def load_peft_adapter(model, path, layer_map=None, spectra_only=False):
     family = _family(model, layers, layer_map)
     targets, unknown = {}, []
     for module, spectrum in adapter["spectra"].items():
-        _check_not_fused(module, family)
+        _check_not_fused(module, family, by_name=layer_map is None)
         if layer_map is not None:
             wanted = layer_map.get(module)
         else:
@@ -97,7 +97,9 @@ def load_peft_adapter(model, path, layer_map=None, spectra_only=False):
             )
         targets[layer_path] = (module, spectrum)
     if unknown:
-        raise ValueError(_unknown_modules(path, unknown, family, layer_map, model))
+        raise ValueError(
+            _unknown_modules(path, unknown, family, layer_map, model, layers)
+        )
     entries = [
         _entry(layer_path, layers[layer_path], *targets[layer_path], config)
         for layer_path in layers
@@ -398,8 +400,8 @@ def _family(model, layers, layer_map):
         return peft_names.BERT
 
 
-def _check_not_fused(module, family):
-    reason = peft_names.fused_module_reason(module, family)
+def _check_not_fused(module, family, by_name):
+    reason = peft_names.fused_module_reason(module, family, by_name)
     if reason:
         raise ValueError(
             f"PEFT module {module!r} is {reason}. PEFT's FourierFT spectrum "
@@ -411,7 +413,7 @@ def _check_not_fused(module, family):
         )
 
 
-def _unknown_modules(path, unknown, family, layer_map, model):
+def _unknown_modules(path, unknown, family, layer_map, model, layers):
     listed = ", ".join(map(repr, unknown[:3])) + (", ..." if unknown[3:] else "")
     if layer_map is not None:
         return (
@@ -419,13 +421,20 @@ def _unknown_modules(path, unknown, family, layer_map, model):
             f"{os.fspath(path)!r} ({len(unknown)} in all)."
         )
     known = ", ".join(source for source, _ in family.layer_map)
+    read_as = _read_as(family, [model, *layers.values()])
     return (
         f"{len(unknown)} PEFT module(s) of {os.fspath(path)!r} have no known "
-        f"counterpart in model {model.name!r} (read as a {family.name} model, "
+        f"counterpart in model {model.name!r} ({read_as}, "
         f"whose known modules end in {known}): {listed}. Pass `layer_map="
         "{peft_module_path: layer_path}` with layer paths as `/`-joined layer "
         "names, e.g. 'transformer_layer_0/self_attention/query'."
     )
+
+
+def _read_as(family, layers):
+    if family is peft_names.BERT and not peft_names.has_known_backbone(layers):
+        return "no KerasHub backbone of a known family, so BERT names were tried"
+    return f"read as a {family.name} model"
 
 
 def _keras_path(module, wanted, layers, model):

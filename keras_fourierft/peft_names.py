@@ -142,14 +142,27 @@ def rename(path, table, separator):
     return None
 
 
-def fused_module_reason(module, family):
-    """Why the PEFT module `module` fuses several layers, or None."""
+def has_known_backbone(layers):
+    """Whether one of `layers` is a backbone of a known family."""
+    names = {name for family in FAMILIES for name in family.backbones}
+    return any(
+        names.intersection(cls.__name__ for cls in type(layer).__mro__)
+        for layer in layers
+    )
+
+
+def fused_module_reason(module, family, by_name=True):
+    """Why the PEFT module `module` fuses several layers, or None.
+
+    A module matching the family's fused modules always; with `by_name`,
+    also a module whose last name is a known fused projection's.
+    """
     if any(_match_end(source, module, ".") for source, _ in family.fused):
         return (
             f"{family.name}'s fused query/key/value projection, which KerasHub "
             "splits into its `query`, `key` and `value` layers"
         )
-    if module.rsplit(".", 1)[-1] in FUSED_MODULE_NAMES:
+    if by_name and module.rsplit(".", 1)[-1] in FUSED_MODULE_NAMES:
         return "a fused projection (several projections in one matrix)"
     return None
 

@@ -222,3 +222,35 @@ def test_bert_names_are_unchanged(tmp_path):
         for name in ("query", "value")
     ]
     assert _target_modules(tmp_path) == sorted(expected)
+
+
+def test_a_mapped_fused_module_of_another_family_loads(tmp_path):
+    # KerasHub's GPT-NeoX keeps `query_key_value` as one layer, so a hand map
+    # of it is one adapter to one layer: the fused-name refusal is for
+    # models without a map (and GPT-2's `c_attn`, which KerasHub splits).
+    keras.utils.set_random_seed(0)
+    make = lambda: keras_hub.models.GPTNeoXBackbone(  # noqa: E731
+        vocabulary_size=64,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=16,
+        intermediate_dim=32,
+        max_sequence_length=16,
+    )
+    model = _adapted(make(), ["query_key_value"])
+    layer_map = {
+        "gpt_neox.layers.0.attention.query_key_value": (
+            "transformer_layer_0/self_attention/query_key_value"
+        )
+    }
+    save_peft_adapter(model, tmp_path, layer_map=layer_map)
+    keras.utils.set_random_seed(0)
+    fresh = make()
+    load_peft_adapter(fresh, tmp_path, layer_map=layer_map)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(fresh(_tokens())),
+        keras.ops.convert_to_numpy(model(_tokens())),
+        atol=1e-6,
+    )
+    with pytest.raises(ValueError, match="fused projection"):
+        load_peft_adapter(make(), tmp_path)
