@@ -67,6 +67,12 @@ def load_peft_adapter(model, path, layer_map=None, spectra_only=False):
     keras_fourierft.load_peft_adapter(backbone, "my-peft-adapter/")
     ```
     """
+    _apply_adapter(model, _peft_entries(model, path, layer_map, spectra_only))
+
+
+def _peft_entries(model, path, layer_map=None, spectra_only=False):
+    """A PEFT folder's spectra as checked adapter entries for `model`'s
+    layers (dicts: `path`, the layer fields, `spectrum`); changes nothing."""
     adapter = read_peft_adapter(path)
     if (others := adapter["other_keys"]) and not spectra_only:
         raise ValueError(
@@ -105,7 +111,7 @@ def load_peft_adapter(model, path, layer_map=None, spectra_only=False):
         for layer_path in layers
         if layer_path in targets
     ]
-    _apply_adapter(model, entries)
+    return entries
 
 
 def read_peft_adapter(path):
