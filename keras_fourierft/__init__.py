@@ -12,6 +12,7 @@ from keras_fourierft.layers import FourierEinsumDense
 from keras_fourierft.peft import load_peft_adapter
 from keras_fourierft.peft import save_peft_adapter
 from keras_fourierft.saving import load_model
+from keras_fourierft.serving import AdapterBank
 from keras_fourierft.spectral import frequency_locations
 from keras_fourierft.surgery import enable_fourierft
 from keras_fourierft.surgery import fourierft_layers
@@ -34,6 +35,7 @@ __all__ = [
     "load_fourierft_weights",
     "save_peft_adapter",
     "load_peft_adapter",
+    "AdapterBank",
     "FourierFTCheckpoint",
     "load_model",
     "frequency_locations",

@@ -164,6 +164,7 @@ def remove_in_place(layer, merge=True):
     """
     if not isinstance(layer, _FourierFTMixin):
         raise ValueError(f"Layer {layer.name!r} has no FourierFT adapter.")
+    layer._drop_bank()
     if merge and layer.adapter_enabled:
         layer.merge(safe_merge=True)
     else:
@@ -248,6 +249,20 @@ class _Merged(collections.namedtuple("_Merged", "original digest trainable")):
     whether its coefficients were trainable before the merge."""
 
 
+class _Bank(collections.namedtuple("_Bank", "table rows active")):
+    """An adapter bank's variables: the `(capacity + 1, n)` coefficient
+    table (row 0 all zeros: the base model), the adapter row of each batch
+    row, and whether the selection is in force."""
+
+    @property
+    def capacity(self):
+        return int(self.table.shape[0]) - 1
+
+    @property
+    def max_batch_size(self):
+        return int(self.rows.shape[0])
+
+
 class _AdapterState(keras_internals.Saveable):
     """Everything an adapted layer adds, in one place.
 
@@ -262,6 +277,7 @@ class _AdapterState(keras_internals.Saveable):
         enabled: Whether the adapter is on (Python side).
         merged: A `_Merged` record while merged, else None.
         gate: The `fourierft_active` variable: on and not merged.
+        bank: A `_Bank` while the layer serves an adapter bank, else None.
         added: Names of the attributes adaptation added to the layer.
     """
 
@@ -271,6 +287,7 @@ class _AdapterState(keras_internals.Saveable):
         self.enabled = True
         self.merged = None
         self.gate = None
+        self.bank = None
         self.added = set()
         self._plans = {}
         self._view = None
@@ -376,6 +393,13 @@ class _ComputePaths:
 
     def call(self, inputs, training=None):
         base = super().call
+        return self._banked(
+            inputs,
+            lambda: self._single_call(inputs, training, base),
+            lambda: self._adapted_call(inputs, "bank", None),
+        )
+
+    def _single_call(self, inputs, training, base):
         if 0 not in tuple(inputs.shape) and self._compute_mode(inputs) == "dense":
             return self._finish(self._linear(inputs, self._gated_kernel()))
         return self._gated(
@@ -383,6 +407,14 @@ class _ComputePaths:
             lambda: base(inputs, training=training),
             lambda mode, plan: self._adapted_call(inputs, mode, plan),
         )
+
+    def _banked(self, inputs, single, banked):
+        """`banked()` while an adapter bank's selection is in force, else
+        `single()`; read at run time, like the gate."""
+        bank = self._fourierft.bank
+        if bank is None or 0 in tuple(inputs.shape):
+            return single()
+        return ops.cond(bank.active.value, banked, single)
 
     def _gated_kernel(self):
         """The kernel the dense path multiplies by: `W + delta_W` when on.
@@ -407,17 +439,21 @@ class _ComputePaths:
 
     def quantized_call(self, inputs, training=None):
         base = super().quantized_call
-        return self._gated(
+        return self._banked(
             inputs,
-            lambda: base(inputs, training=training),
-            lambda mode, plan: self._adapted_quantized_call(
-                base, inputs, training, mode, plan
+            lambda: self._gated(
+                inputs,
+                lambda: base(inputs, training=training),
+                lambda mode, plan: self._adapted_quantized_call(
+                    base, inputs, training, mode, plan
+                ),
             ),
+            lambda: self._adapted_quantized_call(base, inputs, training, "bank", None),
         )
 
     def _adapted_call(self, inputs, mode, plan):
         rows, restore = self._rows(inputs)
-        update = self._adapter_rows(rows, mode, plan)
+        update = self._update(inputs, rows, mode, plan)
         x = ops.add(
             self._linear(inputs, self.kernel),
             restore(ops.cast(update, self.compute_dtype)),
@@ -431,7 +467,7 @@ class _ComputePaths:
         finally:
             _WITHOUT_ACTIVATION.reset(token)
         rows, restore = self._rows(inputs)
-        update = self._adapter_rows(rows, mode, plan)
+        update = self._update(inputs, rows, mode, plan)
         x = ops.add(x, restore(ops.cast(update, x.dtype)))
         if self.activation is not None:
             x = self.activation(x)
@@ -457,6 +493,42 @@ class _ComputePaths:
             self.n_frequency,
             in_compiled_loop=_is_decode_step(sizes),
         )
+
+    def _update(self, inputs, rows, mode, plan):
+        """The update of `rows` (the `(tokens, d1)` rows of `inputs`)."""
+        if mode != "bank":
+            return self._adapter_rows(rows, mode, plan)
+        view = self._fourierft.view
+        return spectral.rowwise_spectral_matmul(
+            rows,
+            self._fourierft.bank.table.value,
+            self._bank_row_ids(inputs, rows),
+            self._fourierft.plan("activation"),
+            (view["in_features"], view["out_features"]),
+            self.scaling,
+        )
+
+    def _bank_row_ids(self, inputs, rows):
+        """The bank row of every token: its batch row's, repeated."""
+        bank = self._fourierft.bank
+        if self._token_axes(len(inputs.shape))[0] != 0:
+            raise ValueError(
+                f"Layer {self.name!r}: its inputs' first axis is not a batch "
+                "axis, so an adapter bank cannot choose an adapter per row."
+            )
+        batch = inputs.shape[0]
+        if batch is not None and batch > bank.max_batch_size:
+            raise ValueError(
+                f"Layer {self.name!r} got a batch of {batch} rows, but its "
+                f"adapter bank selects adapters for at most "
+                f"{bank.max_batch_size} rows. Create the `AdapterBank` with a "
+                "larger `max_batch_size`, or call with smaller batches."
+            )
+        batch = ops.shape(inputs)[0]
+        ids = ops.slice(bank.rows.value, [0], [batch])
+        per_row = ops.shape(rows)[0] // batch
+        ids = ops.broadcast_to(ops.expand_dims(ids, 1), (batch, per_row))
+        return ops.reshape(ids, (-1,))
 
     def _adapter_rows(self, rows, mode, plan):
         """`rows @ delta_W` for `(tokens, d1)` rows, float32."""
@@ -523,6 +595,12 @@ class _MergeState:
         self._sync_gate()
 
     def _check_mergeable(self):
+        if self._fourierft.bank is not None:
+            raise ValueError(
+                f"Layer {self.name!r} serves an adapter bank, which adds each "
+                "row's update to the unmerged kernel. Unload the bank "
+                "(`AdapterBank.unload()`) before merging."
+            )
         if self.quantization_mode is not None:
             raise ValueError(
                 f"Layer {self.name!r} has a {self.quantization_mode!r}-"
@@ -741,6 +819,56 @@ class _FourierFTMixin(_ComputePaths, _MergeState, keras_internals.CountsOwnVaria
             )
         state.gate = self._fourierft_active
         self._sync_gate()
+
+    def _create_bank(self, capacity, max_batch_size):
+        """Adds an adapter bank's variables (see `_Bank`), all zeros."""
+        with (
+            distribution.variable_scope(self),
+            keras_internals.unlocked_tracker(self),
+            _recording(self),
+        ):
+            self._fourierft_bank = self.add_weight(
+                name="fourierft_bank",
+                shape=(capacity + 1, self.n_frequency),
+                initializer="zeros",
+                dtype="float32",
+                trainable=False,
+                autocast=False,
+            )
+            self._fourierft_bank_rows = self.add_weight(
+                name="fourierft_bank_rows",
+                shape=(max_batch_size,),
+                initializer="zeros",
+                dtype="int32",
+                trainable=False,
+                autocast=False,
+            )
+            self._fourierft_bank_active = self.add_weight(
+                name="fourierft_bank_active",
+                shape=(),
+                initializer="zeros",
+                dtype="bool",
+                trainable=False,
+                autocast=False,
+            )
+        self._fourierft.bank = _Bank(
+            self._fourierft_bank,
+            self._fourierft_bank_rows,
+            self._fourierft_bank_active,
+        )
+
+    def _drop_bank(self):
+        """Removes the adapter bank's variables again."""
+        state = self._fourierft
+        if state.bank is None:
+            return
+        state.bank.active.assign(False)  # for functions compiled with it
+        names = ("_fourierft_bank", "_fourierft_bank_rows", "_fourierft_bank_active")
+        with keras_internals.unlocked_tracker(self):
+            for name in names:
+                delattr(self, name)
+        state.added -= set(names)
+        state.bank = None
 
     # Settings, read-only views of `fourierft_config`.
     n_frequency = _setting("n_frequency", "Integer, the number of coefficients.")

@@ -565,6 +565,44 @@ def ops_spectral_matmul(inputs, spectrum, plan, shape, scaling):
     return apply(ops.cast(inputs, "float32"), ops.cast(spectrum, "float32"))
 
 
+def rowwise_spectral_matmul(inputs, table, row_ids, plan, shape, scaling):
+    """`inputs[t] @ delta_W(table[row_ids[t]])`: one adapter per row.
+
+    Every adapter of `table` shares the frequency locations of `plan`, so
+    choosing an adapter per row is one gather of its coefficients; the
+    FFTs, gathers and scatter are those of `spectral_matmul` with one
+    adapter, and the cost does not grow with the number of adapters.
+    Forward only (the table is not trained): gradients are the backend's.
+
+    Args:
+        inputs: Tensor of shape `(tokens, d1)`.
+        table: Tensor of shape `(adapters, n)`, effective coefficients.
+        row_ids: Integer tensor of shape `(tokens,)`, a row of `table` per
+            input row.
+        plan: The dict returned by `activation_plan`.
+        shape: Tuple `(d1, d2)`.
+        scaling: Float, the factor `alpha` shared by the adapters.
+
+    Returns:
+        A float32 tensor of shape `(tokens, d2)`.
+
+    Example:
+
+    >>> indices = np.array([[0, 1], [2, 3]])
+    >>> plan = activation_plan(indices, (4, 5))
+    >>> table = np.array([[0.0, 0.0], [1.0, 2.0]], "float32")
+    >>> y = rowwise_spectral_matmul(np.ones((3, 4), "float32"), table,
+    ...                             np.array([0, 1, 1]), plan, (4, 5), 1.0)
+    """
+    d1, d2 = int(shape[0]), int(shape[1])
+    x_real, x_imag = _rfft(ops.cast(inputs, "float32"))
+    real, imag = _gather_conjugate(x_real, x_imag, plan, "forward_")
+    weights = ops.transpose(ops.take(ops.cast(table, "float32"), row_ids, axis=0))
+    return _scatter_inverse(
+        real * weights, imag * weights, plan, "forward_", d2, scaling / d1
+    )
+
+
 # Costs of the two ways to apply the update, in units of one multiply-add of
 # the weight-gradient matmul, fitted to `benchmarks/adapter_layer.py` (JAX;
 # on a 2-core CPU and on an H200 GPU: 384x384 to 4096x11008, 512 to 4,096

@@ -726,6 +726,9 @@ def unload_fourierft(target, merge=True):
                     f"Layer {path!r} is quantized; unload with merge=False or "
                     "from the float model."
                 )
+    for _, layer in layers:  # A bank goes with the adapters.
+        layer._drop_bank()
+    if merge:
         _merge_all([layer for _, layer in layers if layer.adapter_enabled], True)
     for _, layer in layers:
         remove_in_place(layer, merge=merge)

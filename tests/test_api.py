@@ -22,6 +22,7 @@ PUBLIC = [
     "load_fourierft_weights",
     "save_peft_adapter",
     "load_peft_adapter",
+    "AdapterBank",
     "FourierFTCheckpoint",
     "load_model",
     "frequency_locations",

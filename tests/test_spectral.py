@@ -14,10 +14,12 @@ from keras.src import testing
 from keras.src.testing.test_utils import named_product
 
 from keras_fourierft import frequency_locations
+from keras_fourierft.spectral import activation_plan
 from keras_fourierft.spectral import choose_compute
 from keras_fourierft.spectral import delta_from_plan
 from keras_fourierft.spectral import kernel_indices
 from keras_fourierft.spectral import ops_delta_from_plan
+from keras_fourierft.spectral import rowwise_spectral_matmul
 from keras_fourierft.spectral import spectral_delta
 from keras_fourierft.spectral import spectral_plan
 from tests.helpers import gradient
@@ -310,6 +312,28 @@ class SpectralDeltaTest(testing.TestCase):
         self.assertAllClose(
             ops.convert_to_numpy(delta), expected, atol=1e-5 * scaling, rtol=0
         )
+
+
+class RowwiseSpectralMatmulTest(testing.TestCase):
+    @parameterized.named_parameters(_shapes((6, 9), (8, 8), (7, 4)))
+    def test_each_row_uses_its_own_table_row(self, shape):
+        indices = _edge_indices(*shape, extra=5, seed=3)
+        rng = np.random.default_rng(0)
+        table = rng.normal(size=(4, len(indices))).astype("float32")
+        table[0] = 0.0
+        x = rng.normal(size=(7, shape[0])).astype("float32")
+        row_ids = np.array([2, 0, 1, 3, 3, 2, 1], "int32")
+        result = rowwise_spectral_matmul(
+            x, table, row_ids, activation_plan(indices, shape), shape, 150.0
+        )
+        expected = np.stack(
+            [
+                x[t] @ _numpy_delta(table[row_ids[t]], indices, shape, 150.0)
+                for t in range(len(x))
+            ]
+        )
+        self.assertAllClose(result, expected, atol=1e-5, rtol=1e-5)
+        self.assertAllClose(result[1], np.zeros(shape[1]), atol=0)
 
 
 class ChooseComputeTest(testing.TestCase):
