@@ -137,13 +137,11 @@ def read_peft_adapter(path):
     ```
     """
     path = os.fspath(path)
-    config_path, weights_path = (os.path.join(path, n) for n in FILE_NAMES)
-    for name in FILE_NAMES:
-        if not os.path.isfile(os.path.join(path, name)):
-            raise FileNotFoundError(
-                f"No {name} in {path!r}: pass the folder that PEFT's "
-                "`save_pretrained` wrote (safetensors format)."
-            )
+    hint = " Pass the folder that PEFT's `save_pretrained` wrote (safetensors)."
+    config_path, weights_path = (
+        reading.existing_file(os.path.join(path, name), name, hint)
+        for name in FILE_NAMES
+    )
     config = _read_config(config_path)
     n_frequency = _n_frequency_rule(config, config_path)
     header = reading.safetensors_header(weights_path, weights_path)

@@ -46,9 +46,7 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
     restored = keras_fourierft.load_model("classifier.keras")
     ```
     """
-    path = os.fspath(filepath)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path!r} does not exist: no `.keras` file to load.")
+    path = reading.existing_file(filepath, "`.keras` file")
     if not path.endswith(".keras") or not zipfile.is_zipfile(path):
         raise ValueError(
             f"{path!r} is not a `.keras` archive. Save the model with "
