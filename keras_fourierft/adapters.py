@@ -278,21 +278,51 @@ def _layer_entry(data, damaged, where):
 def _check_model(model, entries, extra, trainable=True):
     """The `(variable, value)` pairs of `extra`, all checked; changes nothing.
 
-    `trainable=False` (before values are read) skips the trainability check.
+    An adapted model must have the file's layers and settings, a plain one
+    layers of the file's shapes. `trainable=False` (before values are read)
+    skips the trainability check.
     """
-    layers = dict(fourier_layers(model))
-    if layers:
-        _check_layers(model, layers, entries)
-    else:
-        layers = dict(walk_layers(model))
-        for entry in entries:
-            _check_shape(model, layers.get(entry["path"]), entry)
+    adapted = dict(fourier_layers(model))
+    layers = adapted or dict(walk_layers(model))
+    paths = [entry["path"] for entry in entries]
+    if adapted and sorted(paths) != sorted(adapted):
+        raise ValueError(
+            f"The adapter file has {len(entries)} adapted layers but model "
+            f"{model.name!r} has {len(adapted)}, or others: the file adapts "
+            f"{sorted(set(paths) - set(adapted))[:5]} and not "
+            f"{sorted(set(adapted) - set(paths))[:5]}. It was trained on other "
+            "targets or another architecture."
+        )
+    for entry in entries:
+        path, layer = entry["path"], layers.get(entry["path"])
+        if layer is None:
+            raise ValueError(
+                f"The adapter file adapts layer {path!r}, which model "
+                f"{model.name!r} does not have."
+            )
+        if adapted:
+            config = layer.adapter_config()
+            field = next((f for f in _LAYER_FIELDS if config[f] != entry[f]), 0)
+            if field:
+                raise ValueError(
+                    f"Layer {path!r}: the adapter file has {field}="
+                    f"{entry[field]!r} but the model's adapter has {field}="
+                    f"{config[field]!r}."
+                )
+            continue
+        shape = _weight_shape(layer, f"Layer {path!r} of model {model.name!r}")
+        if shape != (entry["in_features"], entry["out_features"]):
+            raise ValueError(
+                f"Layer {path!r}: the adapter file expects a "
+                f"{entry['in_features']}x{entry['out_features']} weight, the "
+                f"model's is {shape[0]}x{shape[1]}."
+            )
     variables = dict(owned_variables(model))
     # Only variables the model trains may be loaded, never a coefficient or
     # the kernel of a layer the file adapts.
-    protected = {id(layer.coefficients) for _, layer in fourier_layers(model)}
-    for entry in entries:
-        protected |= {id(v) for v in layers[entry["path"]].weights if v.name != "bias"}
+    protected = {id(layer.coefficients) for layer in adapted.values()}
+    for path in paths:
+        protected |= {id(v) for v in layers[path].weights if v.name != "bias"}
     matched = []
     for path, value in extra:
         variable = variables.get(path)
@@ -315,42 +345,6 @@ def _check_model(model, entries, extra, trainable=True):
             )
         matched.append((variable, value))
     return matched
-
-
-def _check_layers(model, layers, entries):
-    paths = [entry["path"] for entry in entries]
-    if sorted(paths) != sorted(layers):
-        raise ValueError(
-            f"The adapter file has {len(entries)} adapted layers but model "
-            f"{model.name!r} has {len(layers)}, or others: the file adapts "
-            f"{sorted(set(paths) - set(layers))[:5]} and not "
-            f"{sorted(set(layers) - set(paths))[:5]}. It was trained on other "
-            "targets or another architecture."
-        )
-    for entry in entries:
-        config = layers[entry["path"]].adapter_config()
-        for field in _LAYER_FIELDS:
-            if config[field] != entry[field]:
-                raise ValueError(
-                    f"Layer {entry['path']!r}: the adapter file has {field}="
-                    f"{entry[field]!r} but the model's adapter has {field}="
-                    f"{config[field]!r}."
-                )
-
-
-def _check_shape(model, layer, entry):
-    if layer is None:
-        raise ValueError(
-            f"The adapter file adapts layer {entry['path']!r}, which model "
-            f"{model.name!r} does not have."
-        )
-    shape = _weight_shape(layer, f"Layer {entry['path']!r} of model {model.name!r}")
-    if shape != (entry["in_features"], entry["out_features"]):
-        raise ValueError(
-            f"Layer {entry['path']!r}: the adapter file expects a "
-            f"{entry['in_features']}x{entry['out_features']} weight, the "
-            f"model's is {shape[0]}x{shape[1]}."
-        )
 
 
 def _weight_shape(layer, description):

@@ -12,6 +12,7 @@ import errno
 import json
 import math
 import os
+import zipfile
 
 import h5py
 import numpy as np
@@ -32,11 +33,11 @@ _LAYOUTS = {h5py.h5d.COMPACT, h5py.h5d.CONTIGUOUS, h5py.h5d.CHUNKED}
 
 
 def existing_file(path, what, hint=""):
-    """`path` as a string if it is a file, else an `OSError` naming `what`."""
+    """`path` as a string if it is a file, else an `OSError` (`what` names it)."""
     path = os.fspath(path)
     if os.path.isdir(path):
         raise IsADirectoryError(
-            errno.EISDIR, f"{path!r} is a folder, not {what}.{hint}"
+            errno.EISDIR, f"{path!r} is a folder, not a file.{hint}"
         )
     if not os.path.isfile(path):
         raise FileNotFoundError(
@@ -61,6 +62,19 @@ def read_json(source, name, max_bytes=MAX_JSON_BYTES):
         return json.loads(data.decode("utf-8"))
     except ValueError as error:
         raise ValueError(f"{name!r} is not valid JSON: {error}.") from None
+
+
+def archive_json(archive, member, path, max_bytes=MAX_JSON_BYTES):
+    """Reads the JSON document `member` of the zip archive (at `path`)."""
+    try:
+        with archive.open(member) as file:
+            return read_json(file, f"{path} ({member})", max_bytes)
+    except KeyError:
+        raise ValueError(
+            f"{path!r} has no {member}; it is not a .keras file."
+        ) from None
+    except (zipfile.BadZipFile, OSError) as error:
+        raise ValueError(f"{path!r}: cannot read {member}: {error}") from None
 
 
 def finite(value, where):
