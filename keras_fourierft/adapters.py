@@ -247,7 +247,7 @@ def _layer_entry(data, damaged, where):
     where = f"{where} ({path!r})"
     try:
         entry = json.loads(reading.hdf5_attribute(data, "config", damaged, where))
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:  # RecursionError: too nested
         raise damaged(f"the config of {where} is not JSON ({error})") from None
     if not isinstance(entry, dict):
         raise damaged(f"the config of {where} is not a JSON object")

@@ -60,7 +60,7 @@ def read_json(source, name, max_bytes=MAX_JSON_BYTES):
         raise ValueError(f"{name!r} is larger than {max_bytes} bytes.")
     try:
         return json.loads(data.decode("utf-8"))
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:  # too deeply nested
         raise ValueError(f"{name!r} is not valid JSON: {error}.") from None
 
 
@@ -111,7 +111,7 @@ def safetensors_header(path, name):
             raise damaged(f"its header declares {length} bytes")
         try:
             header = json.loads(file.read(length).decode("utf-8"))
-        except ValueError as error:
+        except (ValueError, RecursionError) as error:
             raise damaged(f"its header is not JSON ({error})") from None
     if not isinstance(header, dict):
         raise damaged("its header is not a JSON object")
