@@ -1,7 +1,5 @@
 """Adapter files: the FourierFT coefficients alone, in a validated HDF5 file."""
 
-import contextlib
-import errno
 import json
 import os
 
@@ -28,7 +26,7 @@ FORMAT = "keras_fourierft.adapter"
 FORMAT_VERSION = 1
 SUFFIX = ".weights.h5"
 _LAYER_FIELDS = ("in_features", "out_features") + SPECTRUM_FIELDS
-_MAX_TEXT = 1 << 16
+_PASS = " Pass a file written by `save_fourierft_weights`."
 
 
 def save_fourierft_weights(model, filepath, include_trainable_weights=False):
@@ -58,13 +56,16 @@ def save_fourierft_weights(model, filepath, include_trainable_weights=False):
     extra = _other_trainable(model) if include_trainable_weights else []
     if not is_writing_process():
         return
-    spectra = [_host_spectrum(layer) for _, layer in layers]
+    spectra = [(path, _host_spectrum(layer)) for path, layer in layers]
     values = [(path, host_value(variable)) for path, variable in extra]
-    _check_finite_to_save(
-        filepath,
-        [p for p, _ in layers] + [p for p, _ in extra],
-        spectra + [value for _, value in values],
-    )
+    for path, value in spectra + values:
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise NonFiniteWeightsError(
+                f"Not saving {filepath!r}: {path!r} holds NaN or infinity (the "
+                "training diverged), and such an adapter would turn every "
+                "output into NaN. Nothing was written; a previous file there "
+                "is unchanged."
+            )
 
     def write(temporary):
         with h5py.File(temporary, "w") as file:
@@ -74,10 +75,10 @@ def save_fourierft_weights(model, filepath, include_trainable_weights=False):
                 package_version=__version__,
             )
             group = file.create_group("fourierft")
-            for index, (path, layer) in enumerate(layers):
-                data = group.create_dataset(str(index), data=spectra[index])
+            for index, (path, spectrum) in enumerate(spectra):
+                data = group.create_dataset(str(index), data=spectrum)
                 data.attrs["path"] = path
-                data.attrs["config"] = json.dumps(layer.adapter_config())
+                data.attrs["config"] = json.dumps(layers[index][1].adapter_config())
             group = file.create_group("trainable")
             for index, (path, value) in enumerate(values):
                 group.create_dataset(str(index), data=value).attrs["path"] = path
@@ -175,18 +176,6 @@ class NonFiniteWeightsError(ValueError):
     """Weights to save hold NaN or infinity; nothing was written."""
 
 
-def _check_finite_to_save(filepath, paths, values):
-    for path, value in zip(paths, values, strict=True):
-        value = np.asarray(value)
-        if value.dtype.kind == "f" and not np.isfinite(value).all():
-            raise NonFiniteWeightsError(
-                f"Not saving {filepath!r}: {path!r} holds NaN or infinity (the "
-                "training diverged), and such an adapter would turn every "
-                "output into NaN. Nothing was written; a previous file there "
-                "is unchanged."
-            )
-
-
 def _host_spectrum(layer):
     """A layer's effective coefficients as float32 numpy, read on this process."""
     stored = host_value(layer.coefficients).astype("float32")
@@ -199,124 +188,66 @@ def _read_adapter_file(filepath, model=None):
     array)` pairs). Declared sizes are checked against a `model` before any
     value is read, so a file cannot allocate more than the model holds.
     """
-    filepath = _check_suffix(filepath)
-    if os.path.isdir(filepath):
-        raise IsADirectoryError(
-            errno.EISDIR,
-            f"{filepath!r} is a folder, not an adapter file. Pass the path of "
-            "a file written by `save_fourierft_weights`.",
-        )
-    if not os.path.isfile(filepath):
-        raise FileNotFoundError(f"No adapter file at {filepath!r}.")
-    if not h5py.is_hdf5(filepath):
-        raise ValueError(
-            f"{filepath!r} is not an HDF5 file (it may be truncated or of "
-            "another format). Pass a file written by `save_fourierft_weights`."
-        )
-    try:
-        with h5py.File(filepath, "r") as file:
-            header = _read_header(file, filepath)
-            if model is not None:
-                _check_model(model, header["layers"], header["extra"], False)
-            for entry in header["layers"]:
-                spectrum = np.asarray(entry.pop("data")[()], "float32")
-                where = f"Adapter file {filepath!r}: layer {entry['path']!r}"
-                entry["spectrum"] = reading.finite(spectrum, where)
-            header["extra"] = [
-                (
-                    p,
-                    reading.finite(
-                        np.asarray(d[()]), f"Adapter file {filepath!r}: {p}"
-                    ),
-                )
-                for p, d in header["extra"]
-            ]
-    except (OSError, KeyError, RuntimeError) as error:
-        raise ValueError(
-            f"Cannot read adapter file {filepath!r}: {error}. The file is "
-            "damaged or truncated."
-        ) from None
-    return header
-
-
-def _read_header(file, filepath):
-    """Checks a file's structure and descriptions; reads no stored values."""
+    filepath = reading.existing_file(_check_suffix(filepath), "adapter file", _PASS)
 
     def damaged(what):
-        return ValueError(
-            f"Adapter file {filepath!r} is malformed: {what}. Pass a file "
-            "written by `save_fourierft_weights`."
-        )
+        return ValueError(f"Adapter file {filepath!r} is malformed: {what}.{_PASS}")
 
-    if _text(file, "format", damaged, "the file", optional=True) != FORMAT:
-        raise ValueError(
-            f"{filepath!r} is an HDF5 file but not a FourierFT adapter file (a "
-            "full-model weights file loads with `model.load_weights`)."
+    with reading.hdf5_file(filepath, filepath, _PASS) as file:
+        if reading.hdf5_attribute(file, "format", damaged, "the file", None) != FORMAT:
+            raise ValueError(
+                f"{filepath!r} is an HDF5 file but not a FourierFT adapter file "
+                "(a full-model weights file loads with `model.load_weights`)."
+            )
+        version = reading.hdf5_attribute(
+            file, "format_version", damaged, "the file", text=False
         )
-    version = _text(file, "format_version", damaged, "the file", text=False)
-    if not isinstance(version, int | np.integer) or version < 1:
-        raise damaged(f"format_version is {version!r}")
-    if version > FORMAT_VERSION:
-        raise ValueError(
-            f"{filepath!r} has adapter format version {version}; this "
-            f"keras-fourierft ({__version__}) reads up to {FORMAT_VERSION}. "
-            "Upgrade keras-fourierft."
+        if not isinstance(version, int | np.integer) or version < 1:
+            raise damaged(f"format_version is {version!r}")
+        if version > FORMAT_VERSION:
+            raise ValueError(
+                f"{filepath!r} has adapter format version {version}; this "
+                f"keras-fourierft ({__version__}) reads up to {FORMAT_VERSION}. "
+                "Upgrade keras-fourierft."
+            )
+        package = reading.hdf5_attribute(
+            file, "package_version", damaged, "the file", ""
         )
-    package = _text(file, "package_version", damaged, "the file", True) or ""
-    groups = reading.hdf5_members(file, h5py.Group, damaged)
-    if set(groups) - {"fourierft", "trainable"} or "fourierft" not in groups:
-        raise damaged(
-            f"the file holds {sorted(groups)}, not the groups 'fourierft' "
-            "and 'trainable'"
-        )
-    layers = [
-        _layer_entry(data, damaged, f"adapted layer {index}")
-        for index, data in enumerate(
-            reading.hdf5_members(groups["fourierft"], h5py.Dataset, damaged, True)
-        )
-    ]
-    if not layers:
-        raise damaged("it holds no adapted layers")
-    extra = []
-    if "trainable" in groups:
-        stored = reading.hdf5_members(groups["trainable"], h5py.Dataset, damaged, True)
-        for index, data in enumerate(stored):
-            path = _text(data, "path", damaged, f"stored weight {index}")
-            where = f"stored weight {index} ({path!r})"
-            reading.check_hdf5_dataset(data, where, "fiub", damaged)
+        groups = reading.hdf5_groups(file, damaged, ["fourierft"], ["trainable"])
+        layers = [
+            _layer_entry(data, damaged, f"adapted layer {index}")
+            for index, data in enumerate(groups["fourierft"])
+        ]
+        if not layers:
+            raise damaged("it holds no adapted layers")
+        extra = []
+        for index, data in enumerate(groups.get("trainable", [])):
+            path = reading.hdf5_attribute(
+                data, "path", damaged, f"stored weight {index}"
+            )
+            reading.check_hdf5_dataset(
+                data, f"stored weight {index} ({path!r})", "fiub", damaged
+            )
             extra.append((path, data))
-    version = int(version)
+        if model is not None:
+            _check_model(model, layers, extra, trainable=False)
+        where = f"Adapter file {filepath!r}: "
+        for entry in layers:
+            entry["spectrum"] = reading.hdf5_values(
+                entry.pop("data"), f"{where}layer {entry['path']!r}", "float32"
+            )
+        extra = [(p, reading.hdf5_values(d, where + p)) for p, d in extra]
     return dict(
-        format_version=version, package_version=package, layers=layers, extra=extra
+        format_version=int(version), package_version=package, layers=layers, extra=extra
     )
 
 
-def _text(obj, name, damaged, where, optional=False, text=True):
-    """A scalar attribute; by default text (decoded, bounded)."""
-    if optional and name not in obj.attrs:
-        return None
-    if name not in obj.attrs:
-        raise damaged(f"{where} lacks the attribute {name!r}")
-    shape = obj.attrs.get_id(name).shape
-    if shape != ():
-        raise damaged(f"attribute {name!r} of {where} has shape {shape}")
-    value = obj.attrs[name]
-    if not text:
-        return value
-    if isinstance(value, bytes | np.bytes_):
-        with contextlib.suppress(UnicodeDecodeError):
-            value = value.decode("utf-8")
-    if not isinstance(value, str) or len(value) > _MAX_TEXT:
-        raise damaged(f"attribute {name!r} of {where} is not text")
-    return value
-
-
 def _layer_entry(data, damaged, where):
-    path = _text(data, "path", damaged, where)
+    path = reading.hdf5_attribute(data, "path", damaged, where)
     where = f"{where} ({path!r})"
     try:
-        entry = json.loads(_text(data, "config", damaged, where))
-    except ValueError as error:
+        entry = json.loads(reading.hdf5_attribute(data, "config", damaged, where))
+    except (ValueError, RecursionError) as error:  # RecursionError: too nested
         raise damaged(f"the config of {where} is not JSON ({error})") from None
     if not isinstance(entry, dict):
         raise damaged(f"the config of {where} is not a JSON object")
@@ -347,21 +278,51 @@ def _layer_entry(data, damaged, where):
 def _check_model(model, entries, extra, trainable=True):
     """The `(variable, value)` pairs of `extra`, all checked; changes nothing.
 
-    `trainable=False` (before values are read) skips the trainability check.
+    An adapted model must have the file's layers and settings, a plain one
+    layers of the file's shapes. `trainable=False` (before values are read)
+    skips the trainability check.
     """
-    layers = dict(fourier_layers(model))
-    if layers:
-        _check_layers(model, layers, entries)
-    else:
-        layers = dict(walk_layers(model))
-        for entry in entries:
-            _check_shape(model, layers.get(entry["path"]), entry)
+    adapted = dict(fourier_layers(model))
+    layers = adapted or dict(walk_layers(model))
+    paths = [entry["path"] for entry in entries]
+    if adapted and sorted(paths) != sorted(adapted):
+        raise ValueError(
+            f"The adapter file has {len(entries)} adapted layers but model "
+            f"{model.name!r} has {len(adapted)}, or others: the file adapts "
+            f"{sorted(set(paths) - set(adapted))[:5]} and not "
+            f"{sorted(set(adapted) - set(paths))[:5]}. It was trained on other "
+            "targets or another architecture."
+        )
+    for entry in entries:
+        path, layer = entry["path"], layers.get(entry["path"])
+        if layer is None:
+            raise ValueError(
+                f"The adapter file adapts layer {path!r}, which model "
+                f"{model.name!r} does not have."
+            )
+        if adapted:
+            config = layer.adapter_config()
+            field = next((f for f in _LAYER_FIELDS if config[f] != entry[f]), 0)
+            if field:
+                raise ValueError(
+                    f"Layer {path!r}: the adapter file has {field}="
+                    f"{entry[field]!r} but the model's adapter has {field}="
+                    f"{config[field]!r}."
+                )
+            continue
+        shape = _weight_shape(layer, f"Layer {path!r} of model {model.name!r}")
+        if shape != (entry["in_features"], entry["out_features"]):
+            raise ValueError(
+                f"Layer {path!r}: the adapter file expects a "
+                f"{entry['in_features']}x{entry['out_features']} weight, the "
+                f"model's is {shape[0]}x{shape[1]}."
+            )
     variables = dict(owned_variables(model))
     # Only variables the model trains may be loaded, never a coefficient or
     # the kernel of a layer the file adapts.
-    protected = {id(layer.coefficients) for _, layer in fourier_layers(model)}
-    for entry in entries:
-        protected |= {id(v) for v in layers[entry["path"]].weights if v.name != "bias"}
+    protected = {id(layer.coefficients) for layer in adapted.values()}
+    for path in paths:
+        protected |= {id(v) for v in layers[path].weights if v.name != "bias"}
     matched = []
     for path, value in extra:
         variable = variables.get(path)
@@ -384,42 +345,6 @@ def _check_model(model, entries, extra, trainable=True):
             )
         matched.append((variable, value))
     return matched
-
-
-def _check_layers(model, layers, entries):
-    paths = [entry["path"] for entry in entries]
-    if sorted(paths) != sorted(layers):
-        raise ValueError(
-            f"The adapter file has {len(entries)} adapted layers but model "
-            f"{model.name!r} has {len(layers)}, or others: the file adapts "
-            f"{sorted(set(paths) - set(layers))[:5]} and not "
-            f"{sorted(set(layers) - set(paths))[:5]}. It was trained on other "
-            "targets or another architecture."
-        )
-    for entry in entries:
-        config = layers[entry["path"]].adapter_config()
-        for field in _LAYER_FIELDS:
-            if config[field] != entry[field]:
-                raise ValueError(
-                    f"Layer {entry['path']!r}: the adapter file has {field}="
-                    f"{entry[field]!r} but the model's adapter has {field}="
-                    f"{config[field]!r}."
-                )
-
-
-def _check_shape(model, layer, entry):
-    if layer is None:
-        raise ValueError(
-            f"The adapter file adapts layer {entry['path']!r}, which model "
-            f"{model.name!r} does not have."
-        )
-    shape = _weight_shape(layer, f"Layer {entry['path']!r} of model {model.name!r}")
-    if shape != (entry["in_features"], entry["out_features"]):
-        raise ValueError(
-            f"Layer {entry['path']!r}: the adapter file expects a "
-            f"{entry['in_features']}x{entry['out_features']} weight, the "
-            f"model's is {shape[0]}x{shape[1]}."
-        )
 
 
 def _weight_shape(layer, description):

@@ -1,6 +1,7 @@
 """Writing files so that a crash never leaves a damaged or mixed result.
 
-Nothing here imports Keras.
+Each file is written under a temporary name in its own folder, then renamed
+over the target. Nothing here imports Keras.
 """
 
 import contextlib
@@ -8,6 +9,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import secrets
 import socket
 import time
@@ -23,9 +25,9 @@ _PEFT_DIGEST_FIELDS = (
     "peft_type", "n_frequency", "n_frequency_pattern", "scaling",
     "random_loc_seed", "target_modules",
 )  # fmt: skip
-# A temporary `.<name>.<host>-<pid>-<random>.tmp` of a save that died is
-# removed by a later save of the same file once its process is gone (same
-# host), or after a day.
+# A temporary `.<name>.<host>-<pid>-<random>.tmp` left by a save that died is
+# removed by the next save of the same file: at once if its process (on this
+# host) is gone, else after a day.
 _STALE_AFTER_S = 24 * 3600
 _HOST = hashlib.sha256(socket.gethostname().encode("utf-8")).hexdigest()[:8]
 
@@ -56,13 +58,12 @@ def write_files_atomically(files):
     temporaries = []
     try:
         for path, write in files:
-            path = os.fspath(path)
-            target = _checked_target(path)
-            temporaries.append((_create_temporary(path, target), target))
-            write(temporaries[-1][0])
-            _fsync(temporaries[-1][0])
+            temporary, target = _create_temporary(os.fspath(path))
+            temporaries.append((temporary, target))
+            write(temporary)
+            _fsync(temporary)
             with contextlib.suppress(FileNotFoundError):
-                os.chmod(temporaries[-1][0], os.stat(target).st_mode & 0o7777)
+                os.chmod(temporary, os.stat(target).st_mode & 0o7777)
         for temporary, target in temporaries:
             os.replace(temporary, target)
         for folder in {os.path.dirname(target) for _, target in temporaries}:
@@ -74,9 +75,10 @@ def write_files_atomically(files):
                 os.remove(temporary)
 
 
-def _checked_target(path):
+def _create_temporary(path):
+    """An empty temporary file next to `path`'s target, and that target."""
     target = os.path.realpath(path)
-    folder = os.path.dirname(target)
+    folder, name = os.path.split(target)
     if os.path.isdir(target):
         raise IsADirectoryError(
             errno.EISDIR, f"Cannot save {path!r}: it is a folder. Pass a file path."
@@ -87,19 +89,7 @@ def _checked_target(path):
             f"Cannot save {path!r}: the folder {folder!r} does not exist. "
             "Create it first.",
         )
-    return target
-
-
-def _create_temporary(path, target):
-    folder, name = os.path.split(target)
-    for entry in os.listdir(folder):  # remove those of dead saves
-        host, _, pid = entry.removeprefix(f".{name}.").rpartition("-")[0].partition("-")
-        stale = os.path.join(folder, entry)
-        if entry.startswith(f".{name}.") and entry.endswith(".tmp"):
-            with contextlib.suppress(OSError, ValueError):
-                dead = host == _HOST and int(pid) != os.getpid() and _dead(int(pid))
-                if dead or time.time() - os.lstat(stale).st_mtime > _STALE_AFTER_S:
-                    os.remove(stale)
+    _remove_stale(folder, name)
     temporary = os.path.join(
         folder, f".{name}.{_HOST}-{os.getpid()}-{secrets.token_hex(4)}.tmp"
     )
@@ -114,17 +104,30 @@ def _create_temporary(path, target):
             f"the previous file; that needs a writable folder, and {folder!r} "
             "is not writable. Make it writable or save elsewhere.",
         ) from None
-    return temporary
+    return temporary, target
 
 
-def _dead(pid):
-    if os.name == "nt":  # os.kill(pid, 0) would send CTRL_C_EVENT: use the age
+def _remove_stale(folder, name):
+    """Removes the temporaries of saves of `name` that died."""
+    mine = re.compile(rf"\.{re.escape(name)}\.{_HOST}-(\d+)-\w+\.tmp")
+    for entry in os.listdir(folder):
+        if entry.startswith(f".{name}.") and entry.endswith(".tmp"):
+            path, found = os.path.join(folder, entry), mine.fullmatch(entry)
+            with contextlib.suppress(OSError):
+                age = time.time() - os.lstat(path).st_mtime
+                if (found and _gone(int(found[1]))) or age > _STALE_AFTER_S:
+                    os.remove(path)
+
+
+def _gone(pid):
+    """Whether process `pid` ended (never known on Windows: age decides)."""
+    if os.name == "nt" or pid == os.getpid():  # os.kill would send CTRL_C
         return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    except OSError:
+    except OSError:  # it runs as another user
         pass
     return False
 

@@ -137,13 +137,11 @@ def read_peft_adapter(path):
     ```
     """
     path = os.fspath(path)
-    config_path, weights_path = (os.path.join(path, n) for n in FILE_NAMES)
-    for name in FILE_NAMES:
-        if not os.path.isfile(os.path.join(path, name)):
-            raise FileNotFoundError(
-                f"No {name} in {path!r}: pass the folder that PEFT's "
-                "`save_pretrained` wrote (safetensors format)."
-            )
+    hint = " Pass the folder that PEFT's `save_pretrained` wrote (safetensors)."
+    config_path, weights_path = (
+        reading.existing_file(os.path.join(path, name), name, hint)
+        for name in FILE_NAMES
+    )
     config = _read_config(config_path)
     n_frequency = _n_frequency_rule(config, config_path)
     header = reading.safetensors_header(weights_path, weights_path)
@@ -298,25 +296,20 @@ def _read_config(config_path):
     return config
 
 
-def _location_seed(config):
-    return int(config["random_loc_seed"]) % 2**32  # as torch's generator
-
-
 # `n_frequency_pattern` keys and module names come from the folder, and PEFT
 # matches the keys as regexes. A dotted name is compared as a suffix; any
-# other key only if its matching work is bounded: no backreferences, at most
-# `_MAX_REPEATS` repeats, each of one character, at most `_MAX_ALTERNATIVES`
-# combinations of alternatives, module names of at most `_MAX_MODULE`.
+# other key only if its matching work is bounded: no backreferences or
+# repeated groups, at most `_MAX_REPEATS` repeats (each of one character) and
+# `_MAX_ALTERNATIVES` combinations of alternatives, module names of at most
+# `_MAX_MODULE` characters.
 _LITERAL_KEY = re.compile(r"[\w-]+(?:\.[\w-]+)*")
 _MAX_KEY = 256
 _MAX_MODULE = 512
 _MAX_REPEATS = 2
 _MAX_ALTERNATIVES = 16
 # A regex's atoms: escape, class, group start/end, `|`, quantifier, other.
-_QUANTIFIER = re.compile(r"(?:[*+?]|\{\d*,?\d*\})[?+]?")
-_TOKEN = re.compile(
-    rf"\\.|\[\^?\]?(?:\\.|[^\]])*\]|\(\??|\)|\||{_QUANTIFIER.pattern}|."
-)
+_QUANTIFIER = r"(?:[*+?]|\{\d*,?\d*\})[?+]?"
+_TOKEN = re.compile(rf"\\.|\[\^?\]?(?:\\.|[^\]])*\]|\(\??|\)|\||({_QUANTIFIER})|.")
 
 
 def _n_frequency_rule(config, config_path):
@@ -331,8 +324,7 @@ def _n_frequency_rule(config, config_path):
 
 def _key_matcher(key, config_path):
     if _LITERAL_KEY.fullmatch(key):
-        suffix = "." + key
-        return lambda module: module.endswith(suffix)
+        return lambda module: module.endswith("." + key)
     try:
         compiled = re.compile(rf".*\.{key}$")
         problem = _unbounded_work(key)
@@ -353,22 +345,21 @@ def _unbounded_work(key):
     """Why matching the (valid) regex `key` may not be bounded, or None."""
     if re.search(r"\\[1-9]|\(\?P=", key):
         return "it uses a backreference"
-    repeats, alternatives, previous = 0, [1], "("
-    for token in _TOKEN.findall(key):
-        if _QUANTIFIER.fullmatch(token):
-            if previous == ")":
-                return "it repeats a group (e.g. `(a|b)+`)"
-            repeats += 1
-        elif token == "|":
+    atoms = list(_TOKEN.finditer(key))
+    repeats = [i for i, atom in enumerate(atoms) if atom[1]]  # quantifiers
+    if any(i and atoms[i - 1][0] == ")" for i in repeats):
+        return "it repeats a group (e.g. `(a|b)+`)"
+    if len(repeats) > _MAX_REPEATS:
+        return f"it repeats more than {_MAX_REPEATS} characters (*, +, ?, {{}})"
+    alternatives = [1]  # of each group open, the outermost first
+    for atom in (atom[0] for atom in atoms):
+        if atom == "|":
             alternatives[-1] += 1
-        elif token.startswith("("):
+        elif atom.startswith("("):
             alternatives.append(1)
-        elif token == ")":
+        elif atom == ")":
             inner = alternatives.pop()
             alternatives[-1] *= inner
-        previous = token[0]
-    if repeats > _MAX_REPEATS:
-        return f"it repeats more than {_MAX_REPEATS} characters (*, +, ?, {{}})"
     if alternatives[0] > _MAX_ALTERNATIVES:
         return f"it has more than {_MAX_ALTERNATIVES} combinations of alternatives"
     return None
@@ -392,8 +383,9 @@ def _entry(layer_path, layer, module, spectrum, config):
     return dict(
         path=layer_path, in_features=in_features, out_features=out_features,
         n_frequency=int(spectrum.shape[0]), scaling=float(config["scaling"]),
-        seed=_location_seed(config), sampling="uniform", center_frequency=None,
-        bandwidth=None, spectrum=spectrum,
+        seed=int(config["random_loc_seed"]) % 2**32,  # as torch's generator
+        sampling="uniform", center_frequency=None, bandwidth=None,
+        spectrum=spectrum,
     )  # fmt: skip
 
 

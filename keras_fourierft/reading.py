@@ -1,24 +1,49 @@
 """Reading untrusted files: every declared size is checked before any data.
 
-The one reader for every format this package loads (no Keras). `name` is
-how messages name the file; anything malformed raises a `ValueError` naming
-it, and nothing is read past a declared limit. For HDF5, `damaged(what)`
-returns the error to raise.
+The one reader behind every format this package loads (no Keras): JSON
+documents, safetensors files and HDF5 files. `name` is how messages name a
+file. Anything malformed raises a `ValueError` naming it; nothing is read
+past a declared limit, and nothing refers to another file. For HDF5,
+`damaged(what)` returns the error to raise.
 """
 
+import contextlib
+import errno
 import json
 import math
 import os
+import zipfile
 
 import h5py
 import numpy as np
 
 MAX_JSON_BYTES = 1 << 24
+_MAX_TEXT = 1 << 16
 _DTYPES = {
     "F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "bfloat16",
     "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
     "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?",
 }  # fmt: skip
+# HDF5 filters allowed (deflate, shuffle, fletcher32, h5py's lzf); none
+# expands data more than `_MAX_EXPANSION` times.
+_FILTERS = {h5py.h5z.FILTER_DEFLATE, h5py.h5z.FILTER_SHUFFLE}
+_FILTERS |= {h5py.h5z.FILTER_FLETCHER32, 32000}
+_MAX_EXPANSION = 1100
+_LAYOUTS = {h5py.h5d.COMPACT, h5py.h5d.CONTIGUOUS, h5py.h5d.CHUNKED}
+
+
+def existing_file(path, what, hint=""):
+    """`path` as a string if it is a file, else an `OSError` (`what` names it)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(
+            errno.EISDIR, f"{path!r} is a folder, not a file.{hint}"
+        )
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            errno.ENOENT, f"No {what} at {path!r}: it does not exist.{hint}"
+        )
+    return path
 
 
 def read_json(source, name, max_bytes=MAX_JSON_BYTES):
@@ -35,8 +60,33 @@ def read_json(source, name, max_bytes=MAX_JSON_BYTES):
         raise ValueError(f"{name!r} is larger than {max_bytes} bytes.")
     try:
         return json.loads(data.decode("utf-8"))
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:  # too deeply nested
         raise ValueError(f"{name!r} is not valid JSON: {error}.") from None
+
+
+def archive_json(archive, member, path, max_bytes=MAX_JSON_BYTES):
+    """Reads the JSON document `member` of the zip archive (at `path`)."""
+    try:
+        with archive.open(member) as file:
+            return read_json(file, f"{path} ({member})", max_bytes)
+    except KeyError:
+        raise ValueError(
+            f"{path!r} has no {member}; it is not a .keras file."
+        ) from None
+    except (zipfile.BadZipFile, OSError) as error:
+        raise ValueError(f"{path!r}: cannot read {member}: {error}") from None
+
+
+def finite(value, where):
+    """`value`, refused if it holds NaN or infinity; `where` names it."""
+    bad = np.size(value) - np.isfinite(value).sum() if value.dtype.kind == "f" else 0
+    if bad:
+        raise ValueError(
+            f"{where} holds {bad} non-finite values (NaN or infinity); such an "
+            "adapter would turn every output into NaN. The training that wrote "
+            "it diverged."
+        )
+    return value
 
 
 def safetensors_header(path, name):
@@ -47,7 +97,6 @@ def safetensors_header(path, name):
         `(dtype, shape, start, end)`: the numpy dtype name, `"bfloat16"`
         included, and the byte range in the file).
     """
-    size = os.path.getsize(path)
 
     def damaged(what):
         return ValueError(
@@ -55,13 +104,14 @@ def safetensors_header(path, name):
             "safetensors file."
         )
 
+    size = os.path.getsize(path)
     with open(path, "rb") as file:
         length = int.from_bytes(file.read(8), "little")
         if size < 8 or not 1 < length <= min(size - 8, MAX_JSON_BYTES):
             raise damaged(f"its header declares {length} bytes")
         try:
             header = json.loads(file.read(length).decode("utf-8"))
-        except ValueError as error:
+        except (ValueError, RecursionError) as error:
             raise damaged(f"its header is not JSON ({error})") from None
     if not isinstance(header, dict):
         raise damaged("its header is not a JSON object")
@@ -85,18 +135,6 @@ def safetensors_header(path, name):
         raise damaged(f"its header describes {start} bytes, the file has {size}")
     metadata = metadata if isinstance(metadata, dict) else None
     return {"metadata": metadata, "tensors": tensors}
-
-
-def finite(value, where):
-    """`value`, refused if it holds NaN or infinity; `where` names it."""
-    bad = np.size(value) - np.isfinite(value).sum() if value.dtype.kind == "f" else 0
-    if bad:
-        raise ValueError(
-            f"{where} holds {bad} non-finite values (NaN or infinity); such an "
-            "adapter would turn every output into NaN. The training that wrote "
-            "it diverged."
-        )
-    return value
 
 
 def _begin(entry):
@@ -131,20 +169,48 @@ def read_tensors(path, name, header, keys):
     return result
 
 
-# HDF5 filters allowed: deflate, shuffle, fletcher32 and h5py's lzf. None
-# expands data more than `_MAX_EXPANSION` times.
-_FILTERS = {h5py.h5z.FILTER_DEFLATE, h5py.h5z.FILTER_SHUFFLE}
-_FILTERS |= {h5py.h5z.FILTER_FLETCHER32, 32000}
-_MAX_EXPANSION = 1100
-_LAYOUTS = {h5py.h5d.COMPACT, h5py.h5d.CONTIGUOUS, h5py.h5d.CHUNKED}
+@contextlib.contextmanager
+def hdf5_file(path, name, hint=""):
+    """Opens an HDF5 file to read; errors of a damaged one name it."""
+    if not h5py.is_hdf5(path):
+        raise ValueError(
+            f"{name!r} is not an HDF5 file (it may be truncated or of another "
+            f"format).{hint}"
+        )
+    try:
+        with h5py.File(path, "r") as file:
+            yield file
+    except (OSError, KeyError, RuntimeError) as error:
+        raise ValueError(
+            f"Cannot read {name!r}: {error}. The file is damaged or truncated."
+        ) from None
 
 
-def hdf5_members(group, kind, damaged, numbered=False):
-    """A group's members, each a hard link to `kind`; by name or, if
-    `numbered`, the list of members `0`, `1`, ...
+def hdf5_groups(file, damaged, required, optional=()):
+    """A file's groups (name -> the list of their datasets `0`, `1`, ...).
+
+    Only hard links to the groups named and to datasets are accepted.
     """
-    members = {}
+    groups = _members(file, h5py.Group, damaged)
+    if set(groups) - {*required, *optional} or set(required) - set(groups):
+        names = " and ".join(map(repr, (*required, *optional)))
+        raise damaged(f"the file holds {sorted(groups)}, not the groups {names}")
+    numbered = {}
+    for key, group in groups.items():
+        members = _members(group, h5py.Dataset, damaged)
+        names = [str(index) for index in range(len(members))]
+        if sorted(members) != sorted(names):
+            raise damaged(
+                f"group {key!r} holds datasets {sorted(members)}, not 0 to "
+                f"{len(members) - 1}"
+            )
+        numbered[key] = [members[name] for name in names]
+    return numbered
+
+
+def _members(group, kind, damaged):
     where = f"group {group.name.lstrip('/')!r}" if group.name != "/" else "the file"
+    members = {}
     for key in group:
         link = group.get(key, getlink=True)
         if not isinstance(link, h5py.HardLink):
@@ -158,14 +224,25 @@ def hdf5_members(group, kind, damaged, numbered=False):
                 f"format has a {kind.__name__}"
             )
         members[key] = group[key]
-    if not numbered:
-        return members
-    names = [str(index) for index in range(len(members))]
-    if sorted(members) != sorted(names):
-        raise damaged(
-            f"{where} holds datasets {sorted(members)}, not 0 to {len(members) - 1}"
-        )
-    return [members[name] for name in names]
+    return members
+
+
+def hdf5_attribute(obj, name, damaged, where, default=..., text=True):
+    """A scalar attribute (text by default: decoded, bounded) or `default`."""
+    if name not in obj.attrs:
+        if default is not ...:
+            return default
+        raise damaged(f"{where} lacks the attribute {name!r}")
+    shape = obj.attrs.get_id(name).shape
+    if shape != ():
+        raise damaged(f"attribute {name!r} of {where} has shape {shape}")
+    value = obj.attrs[name]
+    if text and isinstance(value, bytes | np.bytes_):
+        with contextlib.suppress(UnicodeDecodeError):
+            value = value.decode("utf-8")
+    if text and (not isinstance(value, str) or len(value) > _MAX_TEXT):
+        raise damaged(f"attribute {name!r} of {where} is not text")
+    return value
 
 
 def check_hdf5_dataset(data, where, kinds, damaged):
@@ -196,3 +273,8 @@ def check_hdf5_dataset(data, where, kinds, damaged):
             f"{where} declares {data.shape} {data.dtype} values ({size} bytes) "
             f"but the file stores {stored} bytes for it"
         )
+
+
+def hdf5_values(data, where, dtype=None):
+    """A checked dataset's values (finite), as numpy."""
+    return finite(np.asarray(data[()], dtype), where)

@@ -46,16 +46,14 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
     restored = keras_fourierft.load_model("classifier.keras")
     ```
     """
-    path = os.fspath(filepath)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path!r} does not exist: no `.keras` file to load.")
+    path = reading.existing_file(filepath, "`.keras` file")
     if not path.endswith(".keras") or not zipfile.is_zipfile(path):
         raise ValueError(
             f"{path!r} is not a `.keras` archive. Save the model with "
             "`model.save('name.keras')`."
         )
     with zipfile.ZipFile(path) as archive:
-        config = _read_json(archive, "config.json", path)
+        config = reading.archive_json(archive, "config.json", path)
         records = _read_records(archive, path)
     if not isinstance(config, dict):
         raise ValueError(f"{path!r}: config.json does not hold a model config.")
@@ -113,38 +111,25 @@ def _parse_record(record, source):
 
 def _unmarked(config):
     """The saved config without the keys that stop Keras's own loader."""
-    if isinstance(config, dict) and set(config) == {surgery.LOAD_MARK}:
-        return _unmarked(config[surgery.LOAD_MARK])
-    if isinstance(config, dict):
-        return {
-            key: _unmarked(value)
-            for key, value in config.items()
-            if key != surgery.LOAD_MARK
-        }
     if isinstance(config, list):
         return [_unmarked(value) for value in config]
-    return config
+    if not isinstance(config, dict):
+        return config
+    if set(config) == {surgery.LOAD_MARK}:
+        return _unmarked(config[surgery.LOAD_MARK])
+    return {k: _unmarked(v) for k, v in config.items() if k != surgery.LOAD_MARK}
 
 
 def _read_records(archive, path):
     """`{asset path: (config, enabled)}` of a `.keras` archive's records."""
     names = [n for n in archive.namelist() if n.endswith("/" + _RECORD)]
+    names = [name for name in names if name.startswith("assets/")]
     if len(names) > _MAX_RECORDS:
         raise ValueError(f"{path!r} holds too many FourierFT records.")
     return {
-        name.removeprefix("assets/")[: -len(_RECORD) - 1]: _parse_record(
-            _read_json(archive, name, path, _MAX_RECORD_BYTES), f"{path!r} ({name})"
+        name[len("assets/") : -len(_RECORD) - 1]: _parse_record(
+            reading.archive_json(archive, name, path, _MAX_RECORD_BYTES),
+            f"{path!r} ({name})",
         )
         for name in names
-        if name.startswith("assets/")
     }
-
-
-def _read_json(archive, name, path, limit=reading.MAX_JSON_BYTES):
-    try:
-        with archive.open(name) as file:
-            return reading.read_json(file, f"{path} ({name})", limit)
-    except KeyError:
-        raise ValueError(f"{path!r} has no {name}; it is not a .keras file.") from None
-    except (zipfile.BadZipFile, OSError) as error:
-        raise ValueError(f"{path!r}: cannot read {name}: {error}") from None

@@ -34,6 +34,10 @@ class ReadJsonTest(testing.TestCase):
         with self.assertRaisesRegex(ValueError, "doc.json.*not valid JSON"):
             reading.read_json(io.BytesIO(b"{nope"), "doc.json")
 
+    def test_deeply_nested_json_is_refused_as_invalid(self):
+        with self.assertRaisesRegex(ValueError, "deep.json.*not valid JSON"):
+            reading.read_json(io.BytesIO(b"[" * 100_000), "deep.json")
+
 
 class SafetensorsHeaderTest(testing.TestCase):
     def _write(self, content):
