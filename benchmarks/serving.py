@@ -5,7 +5,10 @@ weights) with FourierFT (n = 1000) on query and value predicts one batch of
 `--batch` rows of `--sequence-length` tokens (`predict_on_batch`, compiled).
 Timed interleaved, medians of `--repeats`:
 
-- `single`: one adapter, no bank (the reference cost);
+- `single`: one adapter, no bank (the reference cost; `compute_path`
+  "auto", which picks the dense path at this size);
+- `single_activation`: one adapter on the activation path, the computation
+  a bank runs per row (FFT of the inputs, gather, scatter);
 - `bank_<K>`: an `AdapterBank` of K adapters, each row selecting one at
   random (K = 1, 8, 64, 1024 by default);
 - `swap_<K>`: the same mixed batch served by swapping adapters: for each
@@ -47,9 +50,11 @@ import keras_fourierft  # noqa: E402
 N_FREQUENCY = 1000
 
 
-def adapted_model(args):
+def adapted_model(args, compute_path="auto"):
     model = minilm_classifier(num_layers=args.layers, hidden_dim=args.hidden)
-    keras_fourierft.enable_fourierft(model, n_frequency=N_FREQUENCY, scaling=150.0)
+    keras_fourierft.enable_fourierft(
+        model, n_frequency=N_FREQUENCY, scaling=150.0, compute_path=compute_path
+    )
     model.compile(jit_compile=keras.backend.backend() != "torch")
     return model
 
@@ -59,7 +64,7 @@ def save_files(model, folder, count):
     for k in range(count):
         rng = np.random.default_rng(k)
         for layer in keras_fourierft.fourierft_layers(model).values():
-            layer.set_spectrum(rng.normal(size=layer.n_frequency) * 0.1)
+            layer.set_spectrum(rng.normal(size=layer.n_frequency))
         path = str(folder / f"adapter_{k}.weights.h5")
         keras_fourierft.save_fourierft_weights(model, path)
         files.append(path)
@@ -119,7 +124,12 @@ def main():
     with tempfile.TemporaryDirectory() as folder:
         single = adapted_model(args)
         files = save_files(single, pathlib.Path(folder), args.files)
-        calls = {"single": lambda: np.asarray(single.predict_on_batch(x))}
+        activation = adapted_model(args, "activation")
+        keras_fourierft.load_fourierft_weights(activation, files[-1])
+        calls = {
+            "single": lambda: np.asarray(single.predict_on_batch(x)),
+            "single_activation": lambda: np.asarray(activation.predict_on_batch(x)),
+        }
         cases, outputs, results = {}, {}, {}
         for k in args.adapters:
             choice = rng.integers(0, k, args.batch)
@@ -146,8 +156,14 @@ def main():
                 start = time.perf_counter()
                 call()
                 samples[name].append((time.perf_counter() - start) * 1000.0)
-    ms = {name: statistics.median(values) for name, values in samples.items()}
+        # What the adapters change: the equality figures mean something only
+        # if two adapters give clearly different outputs.
+        keras_fourierft.load_fourierft_weights(single, files[0])
+        other = np.asarray(single.predict_on_batch(x))
     scale = float(np.abs(outputs["single"]).max())
+    effect = float(np.abs(other - outputs["single"]).max() / scale)
+    ms = {name: statistics.median(values) for name, values in samples.items()}
+
     for name in calls:
         entry = results.setdefault(name, {})
         entry["ms_per_batch"] = ms[name]
@@ -167,6 +183,7 @@ def main():
             "n_frequency": N_FREQUENCY,
             "repeats": args.repeats,
             "results": results,
+            "adapter_effect_relative": effect,
             "largest_bank_over_bank_1": ms[f"bank_{largest}"] / ms.get("bank_1", 1),
         },
         args.output,
