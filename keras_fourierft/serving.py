@@ -47,6 +47,10 @@ class AdapterBank:
     only assign variables: nothing is traced again. While a bank exists the
     layers cannot be merged; `unload()` removes it.
 
+    Creating or unloading a bank drops `model`'s compiled functions; a model
+    that holds `model` (a causal LM around a backbone with a bank) keeps its
+    own: call its `compile()` so that KerasHub's `generate` is traced again.
+
     Args:
         model: A Keras model (or layer) adapted with `enable_fourierft`,
             unmerged.
