@@ -809,16 +809,23 @@ class _FourierFTMixin(_ComputePaths, _MergeState, keras_internals.CountsOwnVaria
                 dtype="float32",
                 trainable=True,
             )
-            self._fourierft_active = self.add_weight(
-                name="fourierft_active",
-                shape=(),
-                initializer="ones",
-                dtype="bool",
-                trainable=False,
-                autocast=False,
+            self._fourierft_active = self._state_variable(
+                "fourierft_active", (), "bool", "ones"
             )
         state.gate = self._fourierft_active
         self._sync_gate()
+
+    def _state_variable(self, name, shape, dtype, initializer="zeros"):
+        """A non-trainable variable of adapter state (not a layer weight
+        that weights files hold: `save_own_variables` leaves it out)."""
+        return self.add_weight(
+            name=name,
+            shape=shape,
+            initializer=initializer,
+            dtype=dtype,
+            trainable=False,
+            autocast=False,
+        )
 
     def _create_bank(self, capacity, max_batch_size):
         """Adds an adapter bank's variables (see `_Bank`), all zeros."""
@@ -827,29 +834,14 @@ class _FourierFTMixin(_ComputePaths, _MergeState, keras_internals.CountsOwnVaria
             keras_internals.unlocked_tracker(self),
             _recording(self),
         ):
-            self._fourierft_bank = self.add_weight(
-                name="fourierft_bank",
-                shape=(capacity + 1, self.n_frequency),
-                initializer="zeros",
-                dtype="float32",
-                trainable=False,
-                autocast=False,
+            self._fourierft_bank = self._state_variable(
+                "fourierft_bank", (capacity + 1, self.n_frequency), "float32"
             )
-            self._fourierft_bank_rows = self.add_weight(
-                name="fourierft_bank_rows",
-                shape=(max_batch_size,),
-                initializer="zeros",
-                dtype="int32",
-                trainable=False,
-                autocast=False,
+            self._fourierft_bank_rows = self._state_variable(
+                "fourierft_bank_rows", (max_batch_size,), "int32"
             )
-            self._fourierft_bank_active = self.add_weight(
-                name="fourierft_bank_active",
-                shape=(),
-                initializer="zeros",
-                dtype="bool",
-                trainable=False,
-                autocast=False,
+            self._fourierft_bank_active = self._state_variable(
+                "fourierft_bank_active", (), "bool"
             )
         self._fourierft.bank = _Bank(
             self._fourierft_bank,

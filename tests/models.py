@@ -71,3 +71,21 @@ def subclassed():
     model = Subclassed()
     model(np.zeros((1, 6), "float32"))
     return model
+
+
+def causal_lm(family):
+    """A tiny random KerasHub Llama or Gemma causal LM, no preprocessor."""
+    keras.utils.set_random_seed(0)
+    settings = dict(
+        vocabulary_size=64,
+        num_layers=2,
+        num_query_heads=2,
+        num_key_value_heads=1,
+        hidden_dim=16,
+        intermediate_dim=32,
+    )
+    if family == "llama":
+        backbone = keras_hub.models.LlamaBackbone(**settings)
+        return keras_hub.models.LlamaCausalLM(backbone=backbone, preprocessor=None)
+    backbone = keras_hub.models.GemmaBackbone(head_dim=8, **settings)
+    return keras_hub.models.GemmaCausalLM(backbone=backbone, preprocessor=None)

@@ -8,7 +8,6 @@ computes what an eager `model(x)` computes.
 import warnings
 
 import keras
-import keras_hub
 import numpy as np
 import pytest
 from keras import ops
@@ -17,6 +16,7 @@ from keras.src import testing
 import keras_fourierft
 from keras_fourierft import layers as fourier_layers_module
 from keras_fourierft.config import FourierFTConfig
+from tests import models
 
 
 def _model(seed=0):
@@ -194,27 +194,7 @@ class StateChangesFromCallbacksTest(testing.TestCase):
 
 
 def _causal_lm(family):
-    keras.utils.set_random_seed(0)
-    if family == "llama":
-        backbone = keras_hub.models.LlamaBackbone(
-            vocabulary_size=64,
-            num_layers=2,
-            num_query_heads=2,
-            num_key_value_heads=1,
-            hidden_dim=16,
-            intermediate_dim=32,
-        )
-        return keras_hub.models.LlamaCausalLM(backbone=backbone, preprocessor=None)
-    backbone = keras_hub.models.GemmaBackbone(
-        vocabulary_size=64,
-        num_layers=2,
-        num_query_heads=2,
-        num_key_value_heads=1,
-        hidden_dim=16,
-        intermediate_dim=32,
-        head_dim=8,
-    )
-    return keras_hub.models.GemmaCausalLM(backbone=backbone, preprocessor=None)
+    return models.causal_lm(family)
 
 
 def _prompt():

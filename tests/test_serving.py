@@ -7,7 +7,6 @@ alone (`load_fourierft_weights`), or with no adapter for the base rows.
 import pathlib
 
 import keras
-import keras_hub
 import numpy as np
 import pytest
 from absl.testing import parameterized
@@ -331,21 +330,7 @@ class AdapterBankErrorsTest(testing.TestCase):
 
 
 def _causal_lm(family):
-    keras.utils.set_random_seed(0)
-    settings = dict(
-        vocabulary_size=64,
-        num_layers=2,
-        num_query_heads=2,
-        num_key_value_heads=1,
-        hidden_dim=16,
-        intermediate_dim=32,
-    )
-    if family == "llama":
-        backbone = keras_hub.models.LlamaBackbone(**settings)
-        model = keras_hub.models.LlamaCausalLM(backbone=backbone, preprocessor=None)
-    else:
-        backbone = keras_hub.models.GemmaBackbone(head_dim=8, **settings)
-        model = keras_hub.models.GemmaCausalLM(backbone=backbone, preprocessor=None)
+    model = models.causal_lm(family)
     keras_fourierft.enable_fourierft(model, n_frequency=40, scaling=3000.0)
     model.compile(sampler="greedy")
     return model
