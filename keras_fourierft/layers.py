@@ -502,14 +502,14 @@ class _ComputePaths:
         return spectral.rowwise_spectral_matmul(
             rows,
             self._fourierft.bank.table.value,
-            self._bank_row_ids(inputs, rows),
+            self._bank_row_ids(inputs),
             self._fourierft.plan("activation"),
             (view["in_features"], view["out_features"]),
             self.scaling,
         )
 
-    def _bank_row_ids(self, inputs, rows):
-        """The bank row of every token: its batch row's, repeated."""
+    def _bank_row_ids(self, inputs):
+        """The bank row of each batch row (the inputs' first axis)."""
         bank = self._fourierft.bank
         if self._token_axes(len(inputs.shape))[0] != 0:
             raise ValueError(
@@ -524,11 +524,7 @@ class _ComputePaths:
                 f"{bank.max_batch_size} rows. Create the `AdapterBank` with a "
                 "larger `max_batch_size`, or call with smaller batches."
             )
-        batch = ops.shape(inputs)[0]
-        ids = ops.slice(bank.rows.value, [0], [batch])
-        per_row = ops.shape(rows)[0] // batch
-        ids = ops.broadcast_to(ops.expand_dims(ids, 1), (batch, per_row))
-        return ops.reshape(ids, (-1,))
+        return ops.slice(bank.rows.value, [0], [ops.shape(inputs)[0]])
 
     def _adapter_rows(self, rows, mode, plan):
         """`rows @ delta_W` for `(tokens, d1)` rows, float32."""

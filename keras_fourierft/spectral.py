@@ -566,19 +566,21 @@ def ops_spectral_matmul(inputs, spectrum, plan, shape, scaling):
 
 
 def rowwise_spectral_matmul(inputs, table, row_ids, plan, shape, scaling):
-    """`inputs[t] @ delta_W(table[row_ids[t]])`: one adapter per row.
+    """`inputs @ delta_W(table[row_ids[b]])` for the tokens of each row `b`.
 
     Every adapter of `table` shares the frequency locations of `plan`, so
-    choosing an adapter per row is one gather of its coefficients; the
-    FFTs, gathers and scatter are those of `spectral_matmul` with one
-    adapter, and the cost does not grow with the number of adapters.
-    Forward only (the table is not trained): gradients are the backend's.
+    choosing an adapter per batch row is a gather of `batch` rows of
+    coefficients, broadcast over each row's tokens; the FFTs, gathers and
+    scatter are those of `spectral_matmul` with one adapter, and the cost
+    does not grow with the number of adapters. Forward only (the table is
+    not trained): gradients are the backend's.
 
     Args:
-        inputs: Tensor of shape `(tokens, d1)`.
+        inputs: Tensor of shape `(tokens, d1)`, the tokens of `batch` rows
+            in row order (`tokens = batch * tokens_per_row`).
         table: Tensor of shape `(adapters, n)`, effective coefficients.
-        row_ids: Integer tensor of shape `(tokens,)`, a row of `table` per
-            input row.
+        row_ids: Integer tensor of shape `(batch,)`, a row of `table` per
+            batch row.
         plan: The dict returned by `activation_plan`.
         shape: Tuple `(d1, d2)`.
         scaling: Float, the factor `alpha` shared by the adapters.
@@ -591,16 +593,21 @@ def rowwise_spectral_matmul(inputs, table, row_ids, plan, shape, scaling):
     >>> indices = np.array([[0, 1], [2, 3]])
     >>> plan = activation_plan(indices, (4, 5))
     >>> table = np.array([[0.0, 0.0], [1.0, 2.0]], "float32")
-    >>> y = rowwise_spectral_matmul(np.ones((3, 4), "float32"), table,
+    >>> y = rowwise_spectral_matmul(np.ones((6, 4), "float32"), table,
     ...                             np.array([0, 1, 1]), plan, (4, 5), 1.0)
     """
     d1, d2 = int(shape[0]), int(shape[1])
     x_real, x_imag = _rfft(ops.cast(inputs, "float32"))
     real, imag = _gather_conjugate(x_real, x_imag, plan, "forward_")
-    weights = ops.transpose(ops.take(ops.cast(table, "float32"), row_ids, axis=0))
-    return _scatter_inverse(
-        real * weights, imag * weights, plan, "forward_", d2, scaling / d1
-    )
+    n, tokens = ops.shape(real)[0], ops.shape(real)[1]
+    batch = ops.shape(row_ids)[0]
+    # `(n, batch, 1)`: each batch row's coefficients, for all its tokens.
+    weights = ops.take(ops.cast(table, "float32"), row_ids, axis=0)
+    weights = ops.expand_dims(ops.transpose(weights), 2)
+    grouped = (n, batch, tokens // batch)
+    real = ops.reshape(ops.reshape(real, grouped) * weights, (n, tokens))
+    imag = ops.reshape(ops.reshape(imag, grouped) * weights, (n, tokens))
+    return _scatter_inverse(real, imag, plan, "forward_", d2, scaling / d1)
 
 
 # Costs of the two ways to apply the update, in units of one multiply-add of

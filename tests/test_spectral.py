@@ -321,19 +321,19 @@ class RowwiseSpectralMatmulTest(testing.TestCase):
         rng = np.random.default_rng(0)
         table = rng.normal(size=(4, len(indices))).astype("float32")
         table[0] = 0.0
-        x = rng.normal(size=(7, shape[0])).astype("float32")
-        row_ids = np.array([2, 0, 1, 3, 3, 2, 1], "int32")
+        x = rng.normal(size=(5 * 3, shape[0])).astype("float32")
+        row_ids = np.array([2, 0, 1, 3, 2], "int32")  # 5 rows of 3 tokens
         result = rowwise_spectral_matmul(
             x, table, row_ids, activation_plan(indices, shape), shape, 150.0
         )
         expected = np.stack(
             [
-                x[t] @ _numpy_delta(table[row_ids[t]], indices, shape, 150.0)
+                x[t] @ _numpy_delta(table[row_ids[t // 3]], indices, shape, 150.0)
                 for t in range(len(x))
             ]
         )
         self.assertAllClose(result, expected, atol=1e-5, rtol=1e-5)
-        self.assertAllClose(result[1], np.zeros(shape[1]), atol=0)
+        self.assertAllClose(result[3:6], np.zeros((3, shape[1])), atol=0)
 
 
 class ChooseComputeTest(testing.TestCase):
