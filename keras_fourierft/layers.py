@@ -395,6 +395,7 @@ class _ComputePaths:
         base = super().call
         return self._banked(
             inputs,
+            training,
             lambda: self._single_call(inputs, training, base),
             lambda: self._adapted_call(inputs, "bank", None),
         )
@@ -408,13 +409,18 @@ class _ComputePaths:
             lambda mode, plan: self._adapted_call(inputs, mode, plan),
         )
 
-    def _banked(self, inputs, single, banked):
-        """`banked()` while an adapter bank's selection is in force, else
-        `single()`; read at run time, like the gate."""
+    def _banked(self, inputs, training, single, banked):
+        """`banked()` while an adapter bank's selection is in force and the
+        adapter is on, else `single()`; read at run time, like the gate.
+
+        Training calls ignore the selection: they train the layer's own
+        coefficients (the bank's table is not trained).
+        """
         bank = self._fourierft.bank
-        if bank is None or 0 in tuple(inputs.shape):
+        if bank is None or training or 0 in tuple(inputs.shape):
             return single()
-        return ops.cond(bank.active.value, banked, single)
+        selected = ops.logical_and(bank.active.value, self._fourierft.gate.value)
+        return ops.cond(selected, banked, single)
 
     def _gated_kernel(self):
         """The kernel the dense path multiplies by: `W + delta_W` when on.
@@ -441,6 +447,7 @@ class _ComputePaths:
         base = super().quantized_call
         return self._banked(
             inputs,
+            training,
             lambda: self._gated(
                 inputs,
                 lambda: base(inputs, training=training),
@@ -516,15 +523,11 @@ class _ComputePaths:
                 f"Layer {self.name!r}: its inputs' first axis is not a batch "
                 "axis, so an adapter bank cannot choose an adapter per row."
             )
-        batch = inputs.shape[0]
-        if batch is not None and batch > bank.max_batch_size:
-            raise ValueError(
-                f"Layer {self.name!r} got a batch of {batch} rows, but its "
-                f"adapter bank selects adapters for at most "
-                f"{bank.max_batch_size} rows. Create the `AdapterBank` with a "
-                "larger `max_batch_size`, or call with smaller batches."
-            )
-        return ops.slice(bank.rows.value, [0], [ops.shape(inputs)[0]])
+        # Rows past `max_batch_size` are past every selection: the base.
+        index = ops.arange(ops.shape(inputs)[0], dtype="int32")
+        last = bank.max_batch_size - 1
+        ids = ops.take(bank.rows.value, ops.minimum(index, last), axis=0)
+        return ops.where(index <= last, ids, ops.zeros_like(ids))
 
     def _adapter_rows(self, rows, mode, plan):
         """`rows @ delta_W` for `(tokens, d1)` rows, float32."""

@@ -42,8 +42,12 @@ class AdapterBank:
 
     `select` names an adapter (or `None`, the base model) for each row of
     the next batches; a `predict`, `generate()` or compiled call then gives
-    row `i` what the model with adapter `i` alone gives. Rows past the
-    selection use the base model. Selecting, adding and removing adapters
+    row `i` what the model with adapter `i` alone gives (to float32
+    round-off; under a bfloat16 compute policy, to its rounding). Rows past
+    the selection use the base model. Turned off
+    (`set_fourierft_enabled(model, False)`), every row gets the base
+    model; training calls (`fit`) ignore the selection and train the
+    model's own coefficients. Selecting, adding and removing adapters
     only assign variables: nothing is traced again. While a bank exists the
     layers cannot be merged; `unload()` removes it.
 
@@ -52,10 +56,10 @@ class AdapterBank:
     own: call its `compile()` so that KerasHub's `generate` is traced again.
 
     Args:
-        model: A Keras model (or layer) adapted with `enable_fourierft`,
-            unmerged.
+        model: A Keras model adapted with `enable_fourierft`, unmerged.
         capacity: Positive integer, the number of adapters the bank holds.
-        max_batch_size: Positive integer, the most rows a batch may have.
+        max_batch_size: Positive integer, the most rows a selection may
+            name (rows of larger batches past it use the base model).
 
     Example:
 
@@ -106,7 +110,7 @@ class AdapterBank:
 
     @property
     def max_batch_size(self):
-        """Integer, the most rows a batch may select adapters for."""
+        """Integer, the most rows a selection may name."""
         return self._max_batch_size
 
     @property
@@ -156,6 +160,11 @@ class AdapterBank:
                 f"The bank is full: it holds {self._capacity} adapters. Remove "
                 "one (`bank.remove(name)`), or create the bank with a larger "
                 "`capacity`."
+            )
+        if not isinstance(source, (str, os.PathLike)):
+            raise ValueError(
+                "`source` must be the path of a `.weights.h5` adapter file or "
+                f"of a PEFT folder. Received: {source!r}"
             )
         spectra = _read_spectra(self._model, source, layer_map)
         free = sorted(set(range(1, self._capacity + 1)) - set(self._slots.values()))
@@ -242,7 +251,10 @@ class AdapterBank:
         return self._slots[name]
 
     def _rows(self, adapters):
-        if isinstance(adapters, (str, bytes)) or not hasattr(adapters, "__len__"):
+        is_list = isinstance(adapters, (list, tuple)) or (
+            isinstance(adapters, np.ndarray) and adapters.ndim == 1
+        )
+        if not is_list:
             raise ValueError(
                 "`adapters` must be a 1-D list with an adapter name (or None "
                 f"for the base model) per batch row. Received: {adapters!r}"

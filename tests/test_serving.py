@@ -178,6 +178,40 @@ class AdapterBankTest(testing.TestCase):
         bank.select([None, "peft"])
         _assert_rows(self, ops.convert_to_numpy(model(prompt)), references, [1, 0])
 
+    def test_turned_off_every_row_gets_the_base(self):
+        model = _model()
+        files = _save_adapters(model, pathlib.Path(self.get_temp_dir()), 1)
+        x = _x(2)
+        references = _alone(model, files, x)
+        bank = keras_fourierft.AdapterBank(model, capacity=1)
+        bank.add("a0", files[0])
+        bank.select(["a0", "a0"])
+        predicted = model.predict(x, verbose=0)
+        _assert_rows(self, predicted, references, [0, 0])
+        keras_fourierft.set_fourierft_enabled(model, False)
+        _assert_rows(self, model.predict(x, verbose=0), references, [1, 1])
+        keras_fourierft.set_fourierft_enabled(model, True)
+        _assert_rows(self, model.predict(x, verbose=0), references, [0, 0])
+
+    def test_training_ignores_the_selection(self):
+        def trained(with_bank):
+            model = _model()
+            if with_bank:
+                bank = keras_fourierft.AdapterBank(model, capacity=1)
+                bank.add("a0", files[0])
+                bank.select(["a0"] * 4)
+            model.compile(optimizer=keras.optimizers.SGD(1e-3), loss="mse")
+            x = _x()
+            model.fit(x, np.zeros((4, 80)), batch_size=4, epochs=2, verbose=0)
+            layers = keras_fourierft.fourierft_layers(model).values()
+            return [ops.convert_to_numpy(layer.coefficients) for layer in layers]
+
+        files = _save_adapters(_model(), pathlib.Path(self.get_temp_dir()), 1)
+        plain, banked = trained(False), trained(True)
+        self.assertGreater(np.abs(plain[0]).max(), 0)  # it did train
+        for a, b in zip(plain, banked, strict=True):
+            self.assertAllClose(a, b, atol=1e-6, rtol=1e-5)
+
     def test_memory_is_reported(self):
         model = _model()
         bank = keras_fourierft.AdapterBank(model, capacity=7)
@@ -232,6 +266,9 @@ class AdapterBankErrorsTest(testing.TestCase):
         ("unknown", ["a9"], "No adapter named 'a9'.*holds: 'a0'"),
         ("string", "a0", "1-D list"),
         ("number", 3, "1-D list"),
+        ("dict", {"a0": 1}, "1-D list"),
+        ("set", {"a0"}, "1-D list"),
+        ("matrix", np.array([["a0"]]), "1-D list"),
         ("nested", [["a0"]], "Row 0: expected an adapter name"),
         ("integer_ids", [1, 0], "Row 0: expected an adapter name"),
         ("too_many_rows", ["a0"] * 5, "at most 4 rows"),
@@ -246,6 +283,8 @@ class AdapterBankErrorsTest(testing.TestCase):
             self.bank.add("a0", self.files[1])
         with self.assertRaisesRegex(ValueError, "non-empty strings"):
             self.bank.add("", self.files[1])
+        with self.assertRaisesRegex(ValueError, "`source` must be the path"):
+            self.bank.add("number", 5)
         with self.assertRaisesRegex(FileNotFoundError, "No adapter file"):
             missing = pathlib.Path(self.get_temp_dir()) / "no.weights.h5"
             self.bank.add("missing", missing)
@@ -298,10 +337,17 @@ class AdapterBankErrorsTest(testing.TestCase):
             bank.add("other_head", own)
         self.assertEqual(bank.names, ["same_head"])
 
-    def test_batch_larger_than_the_bank(self):
-        with self.assertRaisesRegex(ValueError, "at most 4 rows"):
-            self.model(_x(6))
-        self.assertUntouched()
+    def test_rows_past_max_batch_size_use_the_base(self):
+        x = _x(7)
+        self.bank.deselect()
+        references = _alone(self.model, self.files[:1], x)
+        self.bank.select(["a0", None, "a0", "a0"])
+        expected = [0, 1, 0, 0, 1, 1, 1]
+        _assert_rows(self, ops.convert_to_numpy(self.model(x)), references, expected)
+        # `predict` in batches of 7, then 3 and 7 again (a traced batch axis).
+        for batch in (7, 3, 7):
+            out = self.model.predict(x[:batch], batch_size=batch, verbose=0)
+            _assert_rows(self, out, references, expected[:batch])
 
     def test_merge_and_bank_exclude_each_other(self):
         with self.assertRaisesRegex(ValueError, "serves an adapter bank"):
