@@ -117,7 +117,7 @@ def llm_part(args):
     questions = [
         instruct_llm.QUESTION.format(words="three thousand and twelve"),
         WORDS_QUESTION.format(digits="4081"),
-        "What is the capital of France?",
+        "What is the capital of France? Answer in one sentence.",
         instruct_llm.QUESTION.format(words="ninety-nine"),
         WORDS_QUESTION.format(digits="65"),
     ]
