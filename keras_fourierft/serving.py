@@ -295,12 +295,11 @@ def _read_spectra(model, source, layer_map):
     where = os.fspath(source)
     try:
         if os.path.isdir(where):
-            entries = peft._peft_entries(model, where, layer_map)
-            extra = []
-        else:
+            entries, extra = peft._peft_entries(model, where, layer_map), []
+            adapters._check_model(model, entries, extra, trainable=False)
+        else:  # checked against the model while it is read
             content = adapters._read_adapter_file(where, model)
             entries, extra = content["layers"], content["extra"]
-        adapters._check_model(model, entries, extra, trainable=False)
     except ValueError as error:
         raise ValueError(f"Adapter {where!r}: {error}") from None
     _check_shared(model, where, extra)
