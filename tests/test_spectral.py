@@ -19,8 +19,10 @@ from keras_fourierft.spectral import choose_compute
 from keras_fourierft.spectral import delta_from_plan
 from keras_fourierft.spectral import kernel_indices
 from keras_fourierft.spectral import ops_delta_from_plan
+from keras_fourierft.spectral import ops_spectral_matmul
 from keras_fourierft.spectral import rowwise_spectral_matmul
 from keras_fourierft.spectral import spectral_delta
+from keras_fourierft.spectral import spectral_matmul
 from keras_fourierft.spectral import spectral_plan
 from tests.helpers import gradient
 from tests.helpers import peft_cases
@@ -311,6 +313,53 @@ class SpectralDeltaTest(testing.TestCase):
         self.assertGreater(np.abs(expected).max(), 0.1)
         self.assertAllClose(
             ops.convert_to_numpy(delta), expected, atol=1e-5 * scaling, rtol=0
+        )
+
+
+class SpectralMatmulTest(testing.TestCase):
+    """`x @ delta_W` and its gradients against numpy's FFT, edge bins included."""
+
+    @parameterized.named_parameters(
+        named_product(
+            [
+                {"testcase_name": "x".join(map(str, s)), "shape": s}
+                for s in ((6, 9), (8, 8), (7, 4), (9, 16))
+            ],
+            matmul=["spectral_matmul", "ops_spectral_matmul"],
+        )
+    )
+    def test_value_and_gradients_match_numpy(self, shape, matmul):
+        matmul = {
+            "spectral_matmul": spectral_matmul,
+            "ops_spectral_matmul": ops_spectral_matmul,
+        }[matmul]
+        indices = _edge_indices(*shape, extra=7, seed=5)
+        plan = activation_plan(indices, shape)
+        rng = np.random.default_rng(1)
+        c = rng.normal(size=len(indices)).astype("float32")
+        x = rng.normal(size=(5, shape[0])).astype("float32")
+        w = rng.normal(size=(5, shape[1])).astype("float32")
+        scaling = 2.5
+        delta = _numpy_delta(c, indices, shape, scaling)
+        result = ops.convert_to_numpy(matmul(x, c, plan, shape, scaling))
+        self.assertAllClose(result, x @ delta, atol=1e-5, rtol=1e-5)
+        self.assertGreater(np.abs(x @ delta).max(), 0.1)
+
+        inputs, values = keras.Variable(x), keras.Variable(c)
+
+        def loss():
+            product = matmul(inputs, values, plan, shape, scaling)
+            return ops.sum(ops.multiply(product, ops.convert_to_tensor(w)))
+
+        # d/dx sum((x @ D) * w) = w @ D^T; d/dc_k = scaling * Re(ifft2(x^T w))
+        # at the coefficient's cell (the DFT basis of cell k, summed).
+        expected = scaling * np.fft.ifft2(x.T.astype("float64") @ w).real
+        self.assertAllClose(gradient(loss, inputs), w @ delta.T, atol=1e-5, rtol=1e-5)
+        self.assertAllClose(
+            gradient(loss, values),
+            expected[indices[:, 0], indices[:, 1]],
+            atol=1e-5,
+            rtol=1e-5,
         )
 
 
