@@ -19,12 +19,17 @@ Prints one JSON object with, per shape, the medians and the ratios
 with PEFT, `fourierft_over_peft_fourierft`. On JAX each Keras method also
 reports the memory of its compiled step (`memory_mb`: XLA's temporary
 buffers, and the step's outputs, the gradients), exact and free of timing
-noise, and `fourierft_temp_over_lora`.
+noise, and `fourierft_temp_over_lora`. With `--peak-memory` (any backend)
+each Keras method also runs alone in a fresh process, and `peak_step_mb`
+reports how far its compiled steps raise the process's peak resident memory
+(VmHWM after warm-up and three steps, less VmHWM once the layer and the
+data exist): the step's working memory, compilation included.
 
 Usage:
     python benchmarks/adapter_layer.py --backend torch --with-peft
     python benchmarks/adapter_layer.py --backend jax --quick
     python benchmarks/adapter_layer.py --backend jax --quantize int8
+    python benchmarks/adapter_layer.py --backend tensorflow --peak-memory
 """
 
 import sys
@@ -35,7 +40,10 @@ from common import select_backend  # noqa: E402
 select_backend(sys.argv)
 
 import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
 import statistics  # noqa: E402
+import subprocess  # noqa: E402
 import time  # noqa: E402
 
 import keras  # noqa: E402
@@ -75,17 +83,26 @@ def keras_layer(method, shape, n_frequency, rank, quantize=None):
     if method == "lora":
         layer.enable_lora(rank)
     elif method in COMPUTE:
-        keras_fourierft.adapt_layer(
-            layer, n_frequency=n_frequency, compute=COMPUTE[method]
+        keras_fourierft.enable_fourierft(
+            layer, n_frequency=n_frequency, compute_path=COMPUTE[method]
         )
     else:
         layer.trainable = False
     return layer
 
 
+# `--loss`: with `linear`, loss = sum(y * weight), whose gradient does not
+# need y, so a compiler drops the frozen forward matmul (JAX's XLA does; the
+# frozen step is then one matmul); `tanh`, loss = sum(tanh(y) * weight), is
+# what a layer inside a network sees: forward and backward both run.
+LOSSES = {"linear": lambda y: y, "tanh": keras.ops.tanh}
+OUTPUT = LOSSES["linear"]
+
+
 def keras_step(layer, x, weight):
-    """Returns `step()`: loss = sum(layer(x) * weight), gradients w.r.t. the
-    trainable weights and `x`, compiled with the backend's compiler."""
+    """Returns `step()`: loss = sum(OUTPUT(layer(x)) * weight), gradients
+    w.r.t. the trainable weights and `x`, compiled with the backend's
+    compiler."""
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
@@ -94,7 +111,7 @@ def keras_step(layer, x, weight):
         def step(x, weight):
             with tf.GradientTape() as tape:
                 tape.watch(x)
-                loss = tf.reduce_sum(layer(x) * weight)
+                loss = tf.reduce_sum(OUTPUT(layer(x)) * weight)
             return tape.gradient(loss, [x] + layer.trainable_variables)
 
         x, weight = tf.constant(x), tf.constant(weight)
@@ -118,7 +135,7 @@ def jax_gradient(layer, x, weight):
     # constants at compile time.
     def loss(trainable, x, frozen, weight):
         y, _ = layer.stateless_call(trainable, frozen, x)
-        return (y * weight).sum()
+        return (OUTPUT(y) * weight).sum()
 
     grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
     arguments = (trainable, jax.numpy.asarray(x), frozen, jax.numpy.asarray(weight))
@@ -146,7 +163,7 @@ def torch_step(module, x, weight):
     parameters = [p for p in _torch_parameters(module) if p.requires_grad]
 
     def step():
-        loss = (module(x) * weight).sum()
+        loss = (OUTPUT(module(x)) * weight).sum()
         grads = torch.autograd.grad(loss, [x] + parameters)
         if device == "cuda":
             torch.cuda.synchronize()
@@ -183,12 +200,73 @@ def peft_layer(method, dim, out, n_frequency, rank):
     return model.base_model.model
 
 
-def shape_case(name, args):
-    shape = SHAPES[name]
-    kind, dim, output, batch, length = shape
+def peak_rss_mb():
+    """This process's peak resident memory (VmHWM), in MB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+
+
+def step_inputs(shape):
+    _, dim, output, batch, length = shape
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch, length, dim)).astype("float32")
     weight = rng.normal(size=(batch, length) + output).astype("float32")
+    return x, weight
+
+
+def step_memory(args):
+    """Child process: the peak memory one method's steps add (prints JSON)."""
+    shape = SHAPES[args.shapes[0]]
+    layer = keras_layer(
+        args.memory_of, shape, args.n_frequency, args.lora_rank, args.quantize
+    )
+    x, weight = step_inputs(shape)
+    step = keras_step(layer, x, weight)
+    before = peak_rss_mb()
+    for _ in range(4):
+        step()
+    print(json.dumps({"peak_step_mb": peak_rss_mb() - before}))
+
+
+def peak_step_mb(method, name, args):
+    """Runs `step_memory` for one method and shape in a fresh process."""
+    command = [sys.executable, __file__, "--memory-of", method, "--shapes", name]
+    command += ["--backend", keras.backend.backend()]
+    command += ["--n-frequency", str(args.n_frequency)]
+    command += ["--lora-rank", str(args.lora_rank), "--loss", args.loss]
+    if args.quantize:
+        command += ["--quantize", args.quantize]
+    env = dict(os.environ, KERAS_BACKEND=keras.backend.backend())
+    output = subprocess.run(
+        command, env=env, capture_output=True, text=True, check=True
+    ).stdout
+    return json.loads(output.strip().splitlines()[-1])["peak_step_mb"]
+
+
+def memory_case(name, args):
+    """Memory figures of one shape, without timing."""
+    kind, dim, output, batch, length = SHAPES[name]
+    methods = ["frozen", "lora"] + list(COMPUTE)
+    peaks = {method: peak_step_mb(method, name, args) for method in methods}
+    return {
+        "shape": name,
+        "in_features": dim,
+        "out_features": int(np.prod(output)),
+        "tokens": batch * length,
+        "peak_step_mb": peaks,
+        "fourierft_peak_over_lora": peaks["fourierft"] / peaks["lora"],
+    }
+
+
+def shape_case(name, args):
+    if args.memory_only:
+        return memory_case(name, args)
+    shape = SHAPES[name]
+    kind, dim, output, batch, length = shape
+    x, weight = step_inputs(shape)
     methods = ["frozen", "lora"] + list(COMPUTE)
     if args.with_peft and kind == "dense":
         methods += ["peft_lora", "peft_fourierft"]
@@ -234,6 +312,12 @@ def shape_case(name, args):
         result["fourierft_temp_over_lora"] = (
             memory["fourierft"]["temp"] / memory["lora"]["temp"]
         )
+    if args.peak_memory:
+        result["peak_step_mb"] = {
+            method: peak_step_mb(method, name, args)
+            for method in methods
+            if not method.startswith("peft")
+        }
     if "peft_fourierft" in times:
         result["fourierft_over_peft_fourierft"] = (
             times["fourierft"] / times["peft_fourierft"]
@@ -257,8 +341,31 @@ def main():
         help="quantize the base layer first (Keras layers only)",
     )
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--loss",
+        choices=sorted(LOSSES),
+        default="linear",
+        help="linear: sum(y * w); tanh: sum(tanh(y) * w), forward kept",
+    )
+    parser.add_argument(
+        "--peak-memory",
+        action="store_true",
+        help="also measure each method's step memory in a fresh process",
+    )
+    parser.add_argument("--memory-of", choices=["frozen", "lora", *COMPUTE])
+    parser.add_argument(
+        "--memory-only",
+        action="store_true",
+        help="measure memory only (implies --peak-memory), no timing",
+    )
     parser.add_argument("--output")
     args = parser.parse_args()
+    global OUTPUT
+    OUTPUT = LOSSES[args.loss]
+    if args.memory_of:
+        step_memory(args)
+        return
+    args.peak_memory = args.peak_memory or args.memory_only
     if args.with_peft and keras.backend.backend() != "torch":
         parser.error("--with-peft needs --backend torch")
     if args.with_peft and args.quantize:
@@ -266,7 +373,11 @@ def main():
     args.shapes = args.shapes or DEFAULT_SHAPES
     args.repeats, args.number, args.warmup = (5, 1, 1) if args.quick else (11, 2, 2)
     cases = [shape_case(name, args) for name in args.shapes]
-    settings = {"n_frequency": args.n_frequency, "quantize": args.quantize}
+    settings = {
+        "n_frequency": args.n_frequency,
+        "quantize": args.quantize,
+        "loss": args.loss,
+    }
     report("adapter_layer", {**settings, "cases": cases}, args.output)
 
 

@@ -480,10 +480,6 @@ def spectral_matmul(inputs, spectrum, plan, shape, scaling):
         from keras_fourierft import torch_ops
 
         return torch_ops.spectral_matmul(inputs, spectrum, plan, shape, scaling)
-    if _pins_layouts():
-        from keras_fourierft import jax_ops
-
-        return jax_ops.spectral_matmul(inputs, spectrum, plan, shape, scaling)
     return ops_spectral_matmul(inputs, spectrum, plan, shape, scaling)
 
 

@@ -80,26 +80,28 @@ def _on_device(plan, device):
 
 
 def _gather_conjugate(spectrum, plan, prefix):
-    """`conj(A[a_k])` for every coefficient, as `(tokens, n)` complex.
-
-    Token-major throughout (gathers and the scatter run along the last axis),
-    so no intermediate is transposed.
-    """
-    gathered = spectrum.index_select(1, plan[prefix + "gather"])
-    return torch.complex(gathered.real, gathered.imag * plan[prefix + "gather_sign"])
+    """`conj(A[a_k])` as `(n, tokens)` real and imaginary parts."""
+    transposed = spectrum.T
+    gathered = transposed.index_select(0, plan[prefix + "gather"])
+    sign = plan[prefix + "gather_sign"][:, None]
+    return gathered.real.contiguous(), gathered.imag * sign
 
 
-def _scatter_inverse(products, plan, prefix, size, factor):
-    """Scatters `(tokens, n)` products into a half spectrum, inverse FFT."""
-    entries = products.index_select(1, plan[prefix + "source"])
-    # `target_sign` is +-0.5: halved, and conjugated where negative.
-    sign = plan[prefix + "target_sign"]
-    entries = torch.complex(entries.real * sign.abs(), entries.imag * sign)
-    half = torch.zeros(
-        (products.shape[0], size // 2 + 1), dtype=entries.dtype, device=entries.device
+def _scatter_inverse(real, imag, plan, prefix, size, factor):
+    """Scatters `(n, tokens)` products into a half spectrum, inverse FFT."""
+    source = plan[prefix + "source"]
+    target = plan[prefix + "target"]
+    sign = plan[prefix + "target_sign"][:, None]
+    bins = size // 2 + 1
+    entries = torch.complex(
+        real.index_select(0, source) * 0.5,
+        imag.index_select(0, source) * sign,
     )
-    half = half.index_add(1, plan[prefix + "target"].long(), entries)
-    return torch.fft.irfft(half, n=size) * factor
+    half = torch.zeros(
+        (bins, real.shape[1]), dtype=entries.dtype, device=entries.device
+    )
+    half = half.index_add(0, target.long(), entries)
+    return torch.fft.irfft(half.T, n=size) * factor
 
 
 class _SpectralMatmul(torch.autograd.Function):
@@ -108,16 +110,24 @@ class _SpectralMatmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, values, plan, shape, scaling):
         d1, d2 = shape
-        gathered = _gather_conjugate(torch.fft.rfft(x), plan, "forward_")
-        ctx.save_for_backward(gathered, values)
+        real, imag = _gather_conjugate(torch.fft.rfft(x), plan, "forward_")
+        weights = values[:, None]
+        ctx.save_for_backward(real, imag, values)
         ctx.plan, ctx.shape, ctx.scaling = plan, shape, scaling
-        return _scatter_inverse(gathered * values, plan, "forward_", d2, scaling / d1)
+        return _scatter_inverse(
+            real * weights, imag * weights, plan, "forward_", d2, scaling / d1
+        )
 
     @staticmethod
     def backward(ctx, upstream):
-        gathered, values = ctx.saved_tensors
+        real, imag, values = ctx.saved_tensors
         plan, (d1, d2), scaling = ctx.plan, ctx.shape, ctx.scaling
-        g = _gather_conjugate(torch.fft.rfft(upstream.float()), plan, "backward_")
-        values_grad = (gathered * g).real.sum(0) * (scaling / (d1 * d2))
-        inputs_grad = _scatter_inverse(g * values, plan, "backward_", d1, scaling / d2)
+        g_real, g_imag = _gather_conjugate(
+            torch.fft.rfft(upstream.float()), plan, "backward_"
+        )
+        values_grad = (real * g_real - imag * g_imag).sum(1) * (scaling / (d1 * d2))
+        weights = values[:, None]
+        inputs_grad = _scatter_inverse(
+            g_real * weights, g_imag * weights, plan, "backward_", d1, scaling / d2
+        )
         return inputs_grad, values_grad, None, None, None

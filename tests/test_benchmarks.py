@@ -56,10 +56,13 @@ class BenchmarkScriptTest(testing.TestCase):
         data = _run(
             "adapter_layer.py",
             "--quick",
+            "--loss",
+            "tanh",
             "--shapes",
             "minilm",
             output=tmp_path / "layer.json",
         )
+        self.assertEqual(data["loss"], "tanh")
         (case,) = data["cases"]
         self.assertEqual(case["in_features"], case["out_features"])
         self.assertEqual(case["out_features"], 384)
@@ -76,3 +79,18 @@ class BenchmarkScriptTest(testing.TestCase):
         )
         self.assertGreater(case["fourierft_over_lora"], 0)
         self.assertGreater(case["auto_over_best_path"], 0)
+
+    def test_adapter_layer_step_memory_of_one_method(self):
+        # The child process `--peak-memory` runs per method: its steps hold
+        # at least the 2048 x 384 float32 input gradient (3 MB).
+        output = subprocess.run(
+            [sys.executable, str(BENCHMARKS / "adapter_layer.py")]
+            + ["--memory-of", "fourierft_activation", "--shapes", "minilm"],
+            env=dict(os.environ, KERAS_BACKEND=keras.backend.backend()),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        peak = json.loads(output.strip().splitlines()[-1])["peak_step_mb"]
+        self.assertGreater(peak, 2.9)
+        self.assertLess(peak, 4096)
