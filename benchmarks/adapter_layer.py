@@ -21,9 +21,10 @@ reports the memory of its compiled step (`memory_mb`: XLA's temporary
 buffers, and the step's outputs, the gradients), exact and free of timing
 noise, and `fourierft_temp_over_lora`. With `--peak-memory` (any backend)
 each Keras method also runs alone in a fresh process, and `peak_step_mb`
-reports how far its compiled steps raise the process's peak resident memory
-(VmHWM after warm-up and three steps, less VmHWM once the layer and the
-data exist): the step's working memory, compilation included.
+reports how far its compiled steps raise the process's resident memory
+(the peak, VmHWM, over four steps, less the resident memory once the layer
+and the data exist; the peak is reset there, so building the layer does
+not mask it): the step's working memory, compilation included.
 
 Usage:
     python benchmarks/adapter_layer.py --backend torch --with-peft
@@ -40,6 +41,7 @@ from common import select_backend  # noqa: E402
 select_backend(sys.argv)
 
 import argparse  # noqa: E402
+import ctypes  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import statistics  # noqa: E402
@@ -200,13 +202,25 @@ def peft_layer(method, dim, out, n_frequency, rank):
     return model.base_model.model
 
 
-def peak_rss_mb():
-    """This process's peak resident memory (VmHWM), in MB."""
+def _status_mb(field):
+    """A memory field of /proc/self/status (VmRSS, VmHWM), in MB."""
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+    raise RuntimeError(f"no {field} in /proc/self/status (Linux only)")
+
+
+def reset_peak_rss_mb():
+    """Resets this process's peak resident memory to the current one (Linux
+    `clear_refs`), so that building the layer does not mask the step's peak;
+    returns the current resident memory in MB. Freed heap memory goes back
+    to the system first (`malloc_trim`): otherwise the step could reuse
+    memory freed while building and its peak would not show."""
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+    return _status_mb("VmRSS")
 
 
 def step_inputs(shape):
@@ -225,10 +239,10 @@ def step_memory(args):
     )
     x, weight = step_inputs(shape)
     step = keras_step(layer, x, weight)
-    before = peak_rss_mb()
+    before = reset_peak_rss_mb()
     for _ in range(4):
         step()
-    print(json.dumps({"peak_step_mb": peak_rss_mb() - before}))
+    print(json.dumps({"peak_step_mb": _status_mb("VmHWM") - before}))
 
 
 def peak_step_mb(method, name, args):
