@@ -51,6 +51,7 @@ import time  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from common import report  # noqa: E402
+from common import status_mb  # noqa: E402
 
 import keras_fourierft  # noqa: E402
 
@@ -71,6 +72,7 @@ COMPUTE = {
     "fourierft_dense": "dense",
     "fourierft_activation": "activation",
 }
+KERAS_METHODS = ["frozen", "lora", *COMPUTE]
 
 
 def keras_layer(method, shape, n_frequency, rank, quantize=None):
@@ -202,15 +204,6 @@ def peft_layer(method, dim, out, n_frequency, rank):
     return model.base_model.model
 
 
-def _status_mb(field):
-    """A memory field of /proc/self/status (VmRSS, VmHWM), in MB."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/self/status (Linux only)")
-
-
 def reset_peak_rss_mb():
     """Resets this process's peak resident memory to the current one (Linux
     `clear_refs`), so that building the layer does not mask the step's peak;
@@ -220,7 +213,7 @@ def reset_peak_rss_mb():
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")
-    return _status_mb("VmRSS")
+    return status_mb("VmRSS")
 
 
 def step_inputs(shape):
@@ -242,7 +235,7 @@ def step_memory(args):
     before = reset_peak_rss_mb()
     for _ in range(4):
         step()
-    print(json.dumps({"peak_step_mb": _status_mb("VmHWM") - before}))
+    print(json.dumps({"peak_step_mb": status_mb("VmHWM") - before}))
 
 
 def peak_step_mb(method, name, args):
@@ -260,16 +253,22 @@ def peak_step_mb(method, name, args):
     return json.loads(output.strip().splitlines()[-1])["peak_step_mb"]
 
 
-def memory_case(name, args):
-    """Memory figures of one shape, without timing."""
-    kind, dim, output, batch, length = SHAPES[name]
-    methods = ["frozen", "lora"] + list(COMPUTE)
-    peaks = {method: peak_step_mb(method, name, args) for method in methods}
+def case_header(name):
+    """The description of one shape that every case reports."""
+    _, dim, output, batch, length = SHAPES[name]
     return {
         "shape": name,
         "in_features": dim,
         "out_features": int(np.prod(output)),
         "tokens": batch * length,
+    }
+
+
+def memory_case(name, args):
+    """Memory figures of one shape, without timing."""
+    peaks = {method: peak_step_mb(method, name, args) for method in KERAS_METHODS}
+    return {
+        **case_header(name),
         "peak_step_mb": peaks,
         "fourierft_peak_over_lora": peaks["fourierft"] / peaks["lora"],
     }
@@ -279,9 +278,9 @@ def shape_case(name, args):
     if args.memory_only:
         return memory_case(name, args)
     shape = SHAPES[name]
-    kind, dim, output, batch, length = shape
+    kind, dim, output, _, _ = shape
     x, weight = step_inputs(shape)
-    methods = ["frozen", "lora"] + list(COMPUTE)
+    methods = list(KERAS_METHODS)
     if args.with_peft and kind == "dense":
         methods += ["peft_lora", "peft_fourierft"]
     steps, memory = {}, {}
@@ -308,13 +307,7 @@ def shape_case(name, args):
             elapsed = (time.perf_counter() - start) / args.number
             samples[method].append(elapsed * 1000.0)
     times = {method: statistics.median(samples[method]) for method in methods}
-    result = {
-        "shape": name,
-        "in_features": dim,
-        "out_features": int(np.prod(output)),
-        "tokens": batch * length,
-        "median_ms": times,
-    }
+    result = {**case_header(name), "median_ms": times}
     best = min(times["fourierft_dense"], times["fourierft_activation"])
     result["fourierft_over_lora"] = times["fourierft"] / times["lora"]
     result["fourierft_over_frozen"] = times["fourierft"] / times["frozen"]
@@ -328,9 +321,7 @@ def shape_case(name, args):
         )
     if args.peak_memory:
         result["peak_step_mb"] = {
-            method: peak_step_mb(method, name, args)
-            for method in methods
-            if not method.startswith("peft")
+            method: peak_step_mb(method, name, args) for method in KERAS_METHODS
         }
     if "peft_fourierft" in times:
         result["fourierft_over_peft_fourierft"] = (
@@ -366,7 +357,7 @@ def main():
         action="store_true",
         help="also measure each method's step memory in a fresh process",
     )
-    parser.add_argument("--memory-of", choices=["frozen", "lora", *COMPUTE])
+    parser.add_argument("--memory-of", choices=KERAS_METHODS)
     parser.add_argument(
         "--memory-only",
         action="store_true",

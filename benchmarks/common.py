@@ -13,6 +13,19 @@ def select_backend(argv):
         os.environ["KERAS_BACKEND"] = argv[argv.index("--backend") + 1]
 
 
+def status_mb(field):
+    """A memory field of /proc/self/status (`VmRSS`, `VmHWM`) in MB, or None
+    where the system has no such file (not Linux)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        pass
+    return None
+
+
 def median_ms(function, repeats, number=1):
     """Median wall time of `number` calls of `function`, in milliseconds."""
     samples = []

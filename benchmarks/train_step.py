@@ -302,10 +302,11 @@ def device_peak_mb(args):
 def peak_rss_mb():
     """This process's peak resident memory (VmHWM; unlike `ru_maxrss` it is
     not inherited from the parent process across fork and exec)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
+    from common import status_mb
+
+    peak = status_mb("VmHWM")
+    if peak is not None:
+        return peak
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -321,10 +321,7 @@ class SpectralMatmulTest(testing.TestCase):
 
     @parameterized.named_parameters(
         named_product(
-            [
-                {"testcase_name": "x".join(map(str, s)), "shape": s}
-                for s in ((6, 9), (8, 8), (7, 4), (9, 16))
-            ],
+            _shapes((6, 9), (8, 8), (7, 4), (9, 16)),
             matmul=["spectral_matmul", "ops_spectral_matmul"],
         )
     )
